@@ -1,0 +1,1 @@
+//! Model fetching (to be written).

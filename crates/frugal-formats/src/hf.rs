@@ -1,0 +1,1 @@
+//! HF (to be written).

@@ -1,0 +1,85 @@
+//! A tensor as the model sees it: a name, a GGML type, a shape and its bytes.
+//!
+//! The bytes are either borrowed from a memory-mapped file (GGUF, safetensors,
+//! llama2.c: weights are never copied) or owned (converted on load).
+
+use crate::GgmlType;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// Backing storage for tensor bytes.
+#[derive(Clone)]
+pub enum TensorData {
+    /// A byte range inside a shared memory map.
+    Mapped(Arc<memmap2::Mmap>, Range<usize>),
+    /// Bytes owned in memory (converted or generated data).
+    Owned(Arc<Vec<u8>>),
+}
+
+impl TensorData {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            TensorData::Mapped(m, r) => &m[r.clone()],
+            TensorData::Owned(v) => v,
+        }
+    }
+}
+
+impl std::fmt::Debug for TensorData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TensorData::Mapped(_, r) => write!(f, "Mapped({r:?})"),
+            TensorData::Owned(v) => write!(f, "Owned({} bytes)", v.len()),
+        }
+    }
+}
+
+/// A named tensor. `dims` follow GGML order: `dims[0]` is the length of a
+/// row (the contiguous dimension), `dims[1]` the number of rows, and so on.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    pub name: String,
+    pub ty: GgmlType,
+    pub dims: Vec<usize>,
+    pub data: TensorData,
+}
+
+impl Tensor {
+    /// Total number of elements.
+    pub fn n_elements(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    /// Elements per row (`dims[0]`).
+    pub fn row_len(&self) -> usize {
+        self.dims.first().copied().unwrap_or(1)
+    }
+
+    /// Number of rows (product of `dims[1..]`).
+    pub fn n_rows(&self) -> usize {
+        self.dims.iter().skip(1).product()
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.data.bytes()
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.row_len() / self.ty.block_size() * self.ty.type_size()
+    }
+
+    /// An owned F32 tensor.
+    pub fn from_f32(name: impl Into<String>, dims: Vec<usize>, values: &[f32]) -> Tensor {
+        let mut bytes = Vec::with_capacity(values.len() * 4);
+        for v in values {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        Tensor {
+            name: name.into(),
+            ty: GgmlType::F32,
+            dims,
+            data: TensorData::Owned(Arc::new(bytes)),
+        }
+    }
+}

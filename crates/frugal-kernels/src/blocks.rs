@@ -1,0 +1,1 @@
+//! Packed block structs (filled in by the kernels work).
