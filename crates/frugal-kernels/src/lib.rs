@@ -1,12 +1,11 @@
 //! CPU kernels for frugal.
 //!
-//! Layout follows ggml: each format is a packed `#[repr(C)]` block struct
-//! ([`blocks`]), each type has an entry in the [`traits`] table (dequantize,
+//! Layout follows ggml: each format is a packed `#[repr(C)]` block struct in its
+//! module ([`legacy`], [`kquants`], [`floats`]), each type has an entry in the [`traits`] table (dequantize,
 //! quantize, dot product), and [`matmul`] runs a weight matrix against
 //! activations on all threads. Every SIMD kernel has a scalar reference and is
 //! tested against it.
 
-pub mod blocks;
 pub mod floats;
 pub mod kquants;
 pub mod legacy;

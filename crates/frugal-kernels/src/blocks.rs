@@ -1,1 +1,0 @@
-//! Packed block structs (filled in by the kernels work).
