@@ -1,1 +1,316 @@
-//! Threaded matmul (filled in by the kernels work).
+//! Threaded matmul: a weight matrix against one (decode) or many (prefill)
+//! activation rows.
+//!
+//! Activations are quantized once to the weight type's `vec_dot_type`
+//! ([`QuantizedActs`]) and reused by every matrix that reads the same input.
+//! Rows of the weight matrix are split into chunks run on the rayon pool;
+//! each chunk computes its rows for every token, so no two tasks write the
+//! same output element.
+//!
+//! Kernels: on AVX-512 CPUs the legacy formats (Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q8_0) go through a micro-kernel that decodes four weight blocks once and
+//! applies them to up to four tokens (`legacy::avx512::tile`); every other
+//! type (floats, k-quants, …) runs its traits `vec_dot` per (row, token),
+//! tiled so a block of 16 weight rows stays in cache across all tokens.
+
+use crate::legacy::packed::PackedActs;
+use crate::traits::{detected_isa, traits, Isa, VecDot};
+use frugal_formats::GgmlType;
+use rayon::prelude::*;
+
+/// A weight matrix: `rows` rows of `cols` elements of type `ty`, each row a run of blocks.
+#[derive(Clone, Copy, Debug)]
+pub struct QMatrix<'a> {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+impl<'a> QMatrix<'a> {
+    /// Checks that `data` is exactly `rows` rows of `cols` elements of `ty`.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Self {
+        let m = QMatrix {
+            ty,
+            rows,
+            cols,
+            data,
+        };
+        assert_eq!(
+            data.len(),
+            rows * m.row_bytes(),
+            "{ty} matrix {rows}x{cols}: wrong byte count"
+        );
+        m
+    }
+
+    /// Bytes of one row. Panics if `cols` is not whole blocks of `ty`.
+    pub fn row_bytes(&self) -> usize {
+        self.ty
+            .row_bytes(self.cols as u64)
+            .unwrap_or_else(|| panic!("{} columns is not whole {} blocks", self.cols, self.ty))
+            as usize
+    }
+
+    /// The bytes of row `r`.
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+}
+
+/// Activations (n_tok rows of `cols` floats) quantized once to a vec_dot type,
+/// reused by every matrix that reads the same input. Reuses its buffers: no
+/// allocation once warm.
+pub struct QuantizedActs {
+    dot_ty: GgmlType,
+    n_tok: usize,
+    cols: usize,
+    row_bytes: usize,
+    /// `n_tok` rows in ggml's layout of `dot_ty`.
+    data: Vec<u8>,
+    /// The same rows in the AVX-512 micro-kernel layout (Q8_0/Q8_1 on AVX-512 only).
+    packed: PackedActs,
+    has_packed: bool,
+}
+
+impl Default for QuantizedActs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl QuantizedActs {
+    pub fn new() -> Self {
+        QuantizedActs {
+            dot_ty: GgmlType::F32,
+            n_tok: 0,
+            cols: 0,
+            row_bytes: 0,
+            data: Vec::new(),
+            packed: PackedActs::new(),
+            has_packed: false,
+        }
+    }
+
+    /// Quantize `x` (n_tok × cols, row-major) to `dot_ty`. Always does the
+    /// work: the caller decides when an input can be reused.
+    pub fn quantize(&mut self, dot_ty: GgmlType, x: &[f32], n_tok: usize, cols: usize) {
+        assert_eq!(
+            x.len(),
+            n_tok * cols,
+            "activations: {n_tok} x {cols} floats"
+        );
+        let row_bytes = dot_ty
+            .row_bytes(cols as u64)
+            .unwrap_or_else(|| panic!("{cols} columns is not whole {dot_ty} blocks"))
+            as usize;
+        let quant: fn(&[f32], &mut [u8]) = match dot_ty {
+            GgmlType::Q8_0 => crate::legacy::quantize_row_q8_0,
+            GgmlType::Q8_1 => crate::legacy::quantize_row_q8_1,
+            GgmlType::F32 => crate::floats::f32_from_float,
+            other => traits(other)
+                .and_then(|t| t.from_float)
+                .unwrap_or_else(|| panic!("no quantizer for activation type {other}")),
+        };
+        self.dot_ty = dot_ty;
+        self.n_tok = n_tok;
+        self.cols = cols;
+        self.row_bytes = row_bytes;
+        self.data.resize(n_tok * row_bytes, 0);
+        // Rows are whole blocks, so the rows' blocks are contiguous: one call
+        // per group of tokens, groups in parallel for long prompts.
+        const PAR_TOKENS: usize = 16;
+        if n_tok >= 2 * PAR_TOKENS && rayon::current_num_threads() > 1 && cols > 0 {
+            x.par_chunks(PAR_TOKENS * cols)
+                .zip(self.data.par_chunks_mut(PAR_TOKENS * row_bytes))
+                .for_each(|(x, y)| quant(x, y));
+        } else {
+            quant(x, &mut self.data);
+        }
+        self.has_packed = false;
+        if detected_isa() == Isa::Avx512 && matches!(dot_ty, GgmlType::Q8_0 | GgmlType::Q8_1) {
+            self.packed.pack(dot_ty, &self.data, n_tok, cols / 32);
+            self.has_packed = true;
+        }
+    }
+
+    pub fn dot_type(&self) -> GgmlType {
+        self.dot_ty
+    }
+
+    pub fn n_tok(&self) -> usize {
+        self.n_tok
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Token `t`'s quantized row (ggml layout of [`QuantizedActs::dot_type`]).
+    pub fn row(&self, t: usize) -> &[u8] {
+        &self.data[t * self.row_bytes..(t + 1) * self.row_bytes]
+    }
+}
+
+/// The output pointer shared by the tasks of one matmul.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements (each owns a row range, for all
+// tokens) of a buffer that outlives the parallel section; see `matmul`.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+enum Kernel {
+    /// The AVX-512 micro-kernel for a legacy type (its code in `legacy::avx512`).
+    #[cfg(target_arch = "x86_64")]
+    Tile(u8),
+    /// The traits' dot product per (row, token).
+    Dot(VecDot),
+}
+
+/// Rows per task: 2–4 tasks per thread, multiples of 16 rows, and never a
+/// task under ~16 KiB of weights (too small to be worth a thread hop).
+fn chunk_rows(rows: usize, row_bytes: usize, n_tok: usize, threads: usize) -> usize {
+    if threads <= 1 {
+        return rows;
+    }
+    let per_thread = if n_tok == 1 { 2 } else { 4 };
+    let mut chunk = rows.div_ceil(threads * per_thread);
+    let min_rows = (16 * 1024 / (row_bytes * n_tok).max(1)).max(1);
+    chunk = chunk.max(min_rows);
+    chunk.div_ceil(16) * 16
+}
+
+/// out[t * w.rows + r] = dot(row r of w, activation row t). Parallel over rows
+/// with rayon. Panics only on programmer error (mismatched dims/types).
+pub fn matmul(w: &QMatrix, acts: &QuantizedActs, out: &mut [f32]) {
+    let tr = traits(w.ty).unwrap_or_else(|| panic!("matmul: no kernels for {}", w.ty));
+    assert_eq!(
+        acts.dot_ty, tr.vec_dot_type,
+        "matmul: {} weights need {} activations",
+        w.ty, tr.vec_dot_type
+    );
+    assert_eq!(
+        acts.cols, w.cols,
+        "matmul: activation and weight columns differ"
+    );
+    let row_bytes = w.row_bytes();
+    assert_eq!(w.data.len(), w.rows * row_bytes, "matmul: weight bytes");
+    let n_tok = acts.n_tok;
+    let rows = w.rows;
+    assert_eq!(out.len(), n_tok * rows, "matmul: output length");
+    if rows == 0 || n_tok == 0 {
+        return;
+    }
+
+    let kernel = pick_kernel(w.ty, acts, tr.vec_dot);
+    let outp = OutPtr(out.as_mut_ptr());
+    let run = |r0: usize, r1: usize| {
+        // SAFETY: this call writes only out[t * rows + r] for r in r0..r1 and
+        // t < n_tok, in bounds by the length check above; tasks get disjoint
+        // row ranges and `out` is borrowed mutably for the whole call.
+        unsafe { run_rows(&kernel, w, row_bytes, acts, r0, r1, outp.get()) }
+    };
+    let chunk = chunk_rows(rows, row_bytes, n_tok, rayon::current_num_threads());
+    let nchunks = rows.div_ceil(chunk);
+    if nchunks <= 1 {
+        run(0, rows);
+    } else {
+        (0..nchunks)
+            .into_par_iter()
+            .for_each(|c| run(c * chunk, ((c + 1) * chunk).min(rows)));
+    }
+}
+
+#[allow(unused_variables)]
+fn pick_kernel(ty: GgmlType, acts: &QuantizedActs, dot: VecDot) -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    if acts.has_packed && detected_isa() == Isa::Avx512 {
+        if let Some(code) = crate::legacy::avx512::tile_type(ty) {
+            return Kernel::Tile(code);
+        }
+    }
+    Kernel::Dot(dot)
+}
+
+/// Computes rows `r0..r1` for every token.
+///
+/// # Safety
+/// `out` must be valid for writes at `t * w.rows + r` for every `t < n_tok`,
+/// `r0 <= r < r1 <= w.rows`, with no other access to those elements meanwhile;
+/// `w`, `acts` and `kernel` must agree (checked by `matmul`).
+unsafe fn run_rows(
+    kernel: &Kernel,
+    w: &QMatrix,
+    row_bytes: usize,
+    acts: &QuantizedActs,
+    r0: usize,
+    r1: usize,
+    out: *mut f32,
+) {
+    let n_tok = acts.n_tok;
+    match *kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Tile(code) => {
+            let g = crate::legacy::avx512::TileArgs {
+                w: w.data.as_ptr(),
+                row_bytes,
+                rows: r0..r1,
+                acts: &acts.packed,
+                out,
+                ostride: w.rows,
+            };
+            // SAFETY: `pick_kernel` chose Tile only with AVX-512 detected and
+            // activations packed from this weight type's dot type (checked in
+            // `matmul`), of `cols / 32` blocks per row like the weights;
+            // `matmul` checked the weight bytes (rows * row_bytes); the
+            // output contract is ours.
+            unsafe { crate::legacy::avx512::tile(code, &g) }
+        }
+        Kernel::Dot(dot) => {
+            const RB: usize = 16;
+            let mut rb = r0;
+            while rb < r1 {
+                let re = (rb + RB).min(r1);
+                for t in 0..n_tok {
+                    let a = acts.row(t);
+                    for r in rb..re {
+                        let v = dot(w.cols, &w.data[r * row_bytes..(r + 1) * row_bytes], a);
+                        // SAFETY: t < n_tok, r < r1 <= rows: in bounds and
+                        // owned by this call (function contract).
+                        unsafe { *out.add(t * w.rows + r) = v };
+                    }
+                }
+                rb = re;
+            }
+        }
+    }
+}
+
+/// Convenience: quantize x to w's vec_dot type into `acts`, then matmul.
+pub fn matmul_f32(w: &QMatrix, x: &[f32], n_tok: usize, acts: &mut QuantizedActs, out: &mut [f32]) {
+    let tr = traits(w.ty).unwrap_or_else(|| panic!("matmul: no kernels for {}", w.ty));
+    acts.quantize(tr.vec_dot_type, x, n_tok, w.cols);
+    matmul(w, acts, out);
+}
+
+/// Reference matmul for tests: single-threaded, the scalar `vec_dot_ref` per
+/// (row, token), same output layout as [`matmul`].
+pub fn matmul_ref(w: &QMatrix, acts: &QuantizedActs, out: &mut [f32]) {
+    let tr = traits(w.ty).unwrap_or_else(|| panic!("matmul: no kernels for {}", w.ty));
+    assert_eq!(acts.dot_ty, tr.vec_dot_type, "matmul_ref: activation type");
+    assert_eq!(acts.cols, w.cols, "matmul_ref: columns");
+    assert_eq!(out.len(), acts.n_tok * w.rows, "matmul_ref: output length");
+    for t in 0..acts.n_tok {
+        for r in 0..w.rows {
+            out[t * w.rows + r] = (tr.vec_dot_ref)(w.cols, w.row(r), acts.row(t));
+        }
+    }
+}

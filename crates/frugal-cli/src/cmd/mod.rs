@@ -1,0 +1,6 @@
+pub mod bench;
+pub mod chat;
+pub mod fetch;
+pub mod generate;
+pub mod inspect;
+pub mod perplexity;

@@ -1,0 +1,129 @@
+//! What the subcommands share: the --model/--tokenizer/--threads options,
+//! model loading, sampling options, and small reporting helpers.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use frugal_model::{LoadedModel, SamplerConfig};
+use std::path::PathBuf;
+
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Model: a GGUF file, a Hugging Face folder, a llama2.c .bin, or a known
+    /// name (smollm2-135m, qwen2.5-0.5b, qwen2.5-1.5b) fetched on first use.
+    #[arg(short, long, default_value = "smollm2-135m")]
+    pub model: String,
+    /// Tokenizer file, for models that carry none (llama2.c .bin, tokenizer.json, or a GGUF vocabulary).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Threads (default: all cores).
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    /// Set up the thread pool and load the model and its tokenizer.
+    pub fn load(&self, quiet: bool) -> Result<LoadedModel> {
+        init_threads(self.threads)?;
+        let path = resolve_model(&self.model, quiet)?;
+        let lm = frugal_model::load(&path, self.tokenizer.as_deref())
+            .with_context(|| format!("loading {}", path.display()))?;
+        Ok(lm)
+    }
+
+    pub fn threads(&self) -> usize {
+        rayon::current_num_threads()
+    }
+}
+
+/// A path as is; a known model name is fetched into the cache first.
+pub fn resolve_model(arg: &str, quiet: bool) -> Result<PathBuf> {
+    let opts = frugal_fetch::FetchOptions {
+        quiet,
+        ..Default::default()
+    };
+    Ok(frugal_fetch::resolve_model_with(arg, &opts)?)
+}
+
+/// Size the global thread pool once.
+pub fn init_threads(threads: Option<usize>) -> Result<()> {
+    let n = match threads {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .context("starting the thread pool")?;
+    Ok(())
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Temperature; 0 picks the most likely token every time (greedy).
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0: no limit).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1: off).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than min-p × the top token's probability (0: off).
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalise recently seen tokens (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repetition penalty considers.
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Random seed: the same seed gives the same output.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    pub fn config(&self) -> Result<SamplerConfig> {
+        let c = SamplerConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed,
+        };
+        c.validate().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
+}
+
+/// Peak resident memory of this process in bytes (Linux), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// A progress bar on stderr, hidden when `quiet`.
+pub fn progress_bar(len: u64, quiet: bool, what: &str) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} {elapsed_precise} ETA {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}

@@ -1,0 +1,3 @@
+//! Evaluation of a model's quality.
+
+pub mod perplexity;

@@ -1,0 +1,260 @@
+//! Micro-benchmarks of the matmul (ignored by default). Run with
+//! `cargo test --release -p frugal-kernels --test matmul_bench -- --ignored --nocapture`.
+//!
+//! Shapes are SmolLM2-135M's (hidden 576, FFN 1536, 30 layers, Q4_1 weights,
+//! Q8_0 tied embedding/output of 49152 rows).
+
+use frugal_formats::GgmlType;
+use frugal_kernels::matmul::{matmul, QMatrix, QuantizedActs};
+use frugal_kernels::traits::{detected_isa, traits};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
+/// A random matrix; quantizing real floats keeps scales realistic.
+fn matrix(ty: GgmlType, rows: usize, cols: usize, r: &mut StdRng) -> Vec<u8> {
+    let t = traits(ty).unwrap();
+    let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+    let mut out = vec![0u8; rows * rb];
+    let mut x = vec![0.0f32; cols];
+    for row in out.chunks_exact_mut(rb) {
+        x.iter_mut().for_each(|v| *v = r.gen_range(-1.0..1.0));
+        (t.from_float.unwrap())(&x, row);
+    }
+    out
+}
+
+#[repr(C)]
+struct Timespec {
+    sec: i64,
+    nsec: i64,
+}
+extern "C" {
+    fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+}
+
+/// CPU time of the whole process (all threads), in seconds.
+fn process_cpu() -> f64 {
+    let mut ts = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: CLOCK_PROCESS_CPUTIME_ID (2) on Linux; `ts` is a valid timespec.
+    let rc = unsafe { clock_gettime(2, &mut ts) };
+    assert_eq!(rc, 0);
+    ts.sec as f64 + ts.nsec as f64 * 1e-9
+}
+
+/// Seconds per call of `f` over `iters` calls, after warm-up: the best of 7
+/// wall-clock runs, and the process CPU time of that run divided by the
+/// threads used (the machine may be shared: CPU time excludes waits for it).
+fn time<F: FnMut()>(iters: usize, mut f: F) -> f64 {
+    time2(iters, 1, &mut f).0
+}
+
+fn time2<F: FnMut()>(iters: usize, threads: usize, mut f: F) -> (f64, f64) {
+    for _ in 0..iters.div_ceil(10).max(2) {
+        f();
+    }
+    let mut best = (f64::MAX, f64::MAX);
+    for _ in 0..7 {
+        let (t, c) = (Instant::now(), process_cpu());
+        for _ in 0..iters {
+            f();
+        }
+        let wall = t.elapsed().as_secs_f64() / iters as f64;
+        let cpu = (process_cpu() - c) / iters as f64 / threads as f64;
+        if wall < best.0 {
+            best = (wall, cpu);
+        }
+    }
+    best
+}
+
+#[test]
+#[ignore]
+fn bench_matvec_and_prefill() {
+    println!("ISA: {:?}", detected_isa());
+    let mut r = StdRng::seed_from_u64(5);
+    for threads in [1, 2] {
+        let p = pool(threads);
+        for (ty, rows, cols) in [
+            (GgmlType::Q4_1, 576, 1536),
+            (GgmlType::Q4_1, 1536, 576),
+            (GgmlType::Q4_1, 576, 576),
+            (GgmlType::Q8_0, 1536, 576),
+            (GgmlType::Q8_0, 49152, 576),
+        ] {
+            let data = matrix(ty, rows, cols, &mut r);
+            let w = QMatrix::new(ty, rows, cols, &data);
+            let dot = traits(ty).unwrap().vec_dot_type;
+            // Decode: one token, matrix hot in cache.
+            let x: Vec<f32> = (0..cols).map(|_| r.gen_range(-1.0..1.0)).collect();
+            let mut acts = QuantizedActs::new();
+            acts.quantize(dot, &x, 1, cols);
+            let mut out = vec![0.0f32; rows];
+            let iters = (20_000_000 / data.len()).clamp(3, 20_000);
+            let (s, c) = p.install(|| time2(iters, threads, || matmul(&w, &acts, &mut out)));
+            println!(
+                "{threads}T {ty} {rows}x{cols} matvec: {:8.2} us  {:6.1} GB/s  (cpu time: {:8.2} us {:6.1} GB/s)",
+                s * 1e6,
+                data.len() as f64 / s / 1e9,
+                c * 1e6,
+                data.len() as f64 / c / 1e9
+            );
+            // Prefill: 128 tokens.
+            let n = 128;
+            let x: Vec<f32> = (0..n * cols).map(|_| r.gen_range(-1.0..1.0)).collect();
+            acts.quantize(dot, &x, n, cols);
+            let mut out = vec![0.0f32; n * rows];
+            let (s, c) =
+                p.install(|| time2((iters / 64).max(2), threads, || matmul(&w, &acts, &mut out)));
+            let flop = 2.0 * (rows * cols * n) as f64;
+            println!(
+                "{threads}T {ty} {rows}x{cols} prefill 128: {:8.1} us  {:6.1} GFLOP/s  (cpu time: {:8.1} us {:6.1} GFLOP/s)",
+                s * 1e6,
+                flop / s / 1e9,
+                c * 1e6,
+                flop / c / 1e9
+            );
+            let s = time(200, || acts.quantize(dot, &x, n, cols));
+            println!("   quantize 128 x {cols} to {dot}: {:.1} us", s * 1e6);
+        }
+    }
+}
+
+/// All SmolLM2-135M matmuls of one forward pass, each matrix distinct (~96 MB
+/// of weights, as the real model streams them): decode tokens/s and 128-token
+/// prefill tokens/s from the matmuls alone.
+#[test]
+#[ignore]
+fn bench_smollm2_matmuls() {
+    let mut r = StdRng::seed_from_u64(6);
+    let (hidden, ffn, kv, layers, vocab) = (576usize, 1536usize, 192usize, 30usize, 49152usize);
+    let mut mats: Vec<(GgmlType, usize, usize, Vec<u8>)> = Vec::new();
+    for _ in 0..layers {
+        for (rows, cols) in [
+            (hidden, hidden),
+            (kv, hidden),
+            (kv, hidden),
+            (hidden, hidden),
+            (ffn, hidden),
+            (ffn, hidden),
+            (hidden, ffn),
+        ] {
+            mats.push((
+                GgmlType::Q4_1,
+                rows,
+                cols,
+                matrix(GgmlType::Q4_1, rows, cols, &mut r),
+            ));
+        }
+    }
+    mats.push((
+        GgmlType::Q8_0,
+        vocab,
+        hidden,
+        matrix(GgmlType::Q8_0, vocab, hidden, &mut r),
+    ));
+    let bytes: usize = mats.iter().map(|m| m.3.len()).sum();
+    println!("{} matrices, {:.1} MB", mats.len(), bytes as f64 / 1e6);
+    for threads in [1, 2] {
+        let p = pool(threads);
+        for n_tok in [1usize, 128] {
+            let xh: Vec<f32> = (0..n_tok * ffn).map(|_| r.gen_range(-1.0..1.0)).collect();
+            let mut a_h1 = QuantizedActs::new();
+            let mut a_f1 = QuantizedActs::new();
+            let mut a_h0 = QuantizedActs::new();
+            let mut out = vec![0.0f32; n_tok * vocab];
+            let mut pass = || {
+                // As a forward pass: quantize each input once, reuse it.
+                a_h1.quantize(GgmlType::Q8_1, &xh[..n_tok * hidden], n_tok, hidden);
+                a_f1.quantize(GgmlType::Q8_1, &xh[..n_tok * ffn], n_tok, ffn);
+                a_h0.quantize(GgmlType::Q8_0, &xh[..n_tok * hidden], n_tok, hidden);
+                for (ty, rows, cols, data) in &mats {
+                    let w = QMatrix::new(*ty, *rows, *cols, data);
+                    let acts = match (*ty, *cols) {
+                        (GgmlType::Q8_0, _) => &a_h0,
+                        (_, c) if c == ffn => &a_f1,
+                        _ => &a_h1,
+                    };
+                    matmul(&w, acts, &mut out[..n_tok * rows]);
+                }
+            };
+            let (s, c) = p.install(|| time2(if n_tok == 1 { 10 } else { 1 }, threads, &mut pass));
+            let flop = 2.0 * n_tok as f64 * mats.iter().map(|m| (m.1 * m.2) as f64).sum::<f64>();
+            println!(
+                "{threads}T n_tok={n_tok}: {:8.2} ms/pass  {:7.1} tokens/s  {:6.1} GB/s  {:6.1} GFLOP/s  (cpu time: {:8.2} ms, {:7.1} tokens/s)",
+                s * 1e3,
+                n_tok as f64 / s,
+                bytes as f64 / s / 1e9,
+                flop / s / 1e9,
+                c * 1e3,
+                n_tok as f64 / c
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore]
+fn bench_quantize_parts() {
+    let mut r = StdRng::seed_from_u64(7);
+    let (n, cols) = (128usize, 1536usize);
+    let x: Vec<f32> = (0..n * cols).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let mut buf = vec![0u8; n * cols / 32 * 36];
+    let p = pool(1);
+    for (name, f) in [
+        (
+            "q8_1 dispatched",
+            frugal_kernels::legacy::quantize_row_q8_1 as fn(&[f32], &mut [u8]),
+        ),
+        (
+            "q8_1 ref",
+            frugal_kernels::legacy::scalar::quantize_q8_1_ref,
+        ),
+    ] {
+        let s = time(50, || f(&x, &mut buf));
+        println!(
+            "{name}: {:.1} us ({:.2} ns/block)",
+            s * 1e6,
+            s * 1e9 / (n * cols / 32) as f64
+        );
+    }
+    let mut acts = QuantizedActs::new();
+    let s = p.install(|| time(50, || acts.quantize(GgmlType::Q8_1, &x, n, cols)));
+    println!("QuantizedActs::quantize: {:.1} us", s * 1e6);
+}
+
+/// Large (cache-exceeding) matrices, one token, one thread.
+#[test]
+#[ignore]
+fn bench_big_matvec() {
+    let mut r = StdRng::seed_from_u64(8);
+    let p = pool(1);
+    for (ty, rows, cols) in [
+        (GgmlType::Q8_0, 49152, 576),
+        (GgmlType::Q8_0, 55296, 512),
+        (GgmlType::Q4_1, 49152, 576),
+        (GgmlType::Q4_1, 55296, 512),
+    ] {
+        let data = matrix(ty, rows, cols, &mut r);
+        let w = QMatrix::new(ty, rows, cols, &data);
+        let x: Vec<f32> = (0..cols).map(|_| r.gen_range(-1.0..1.0)).collect();
+        let mut acts = QuantizedActs::new();
+        acts.quantize(traits(ty).unwrap().vec_dot_type, &x, 1, cols);
+        let mut out = vec![0.0f32; rows];
+        let (s, c) = p.install(|| time2(20, 1, || matmul(&w, &acts, &mut out)));
+        println!(
+            "{ty} {rows}x{cols}: {:8.1} us {:6.1} GB/s (cpu {:8.1} us {:6.1} GB/s)",
+            s * 1e6,
+            data.len() as f64 / s / 1e9,
+            c * 1e6,
+            data.len() as f64 / c / 1e9
+        );
+    }
+}

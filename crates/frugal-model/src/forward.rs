@@ -1,0 +1,396 @@
+//! The forward pass: embeddings, then for each block RMSNorm → attention (with
+//! RoPE, GQA and the KV cache) → RMSNorm → SwiGLU feed-forward, then the final
+//! norm and the output projection.
+//!
+//! One call handles a batch of consecutive tokens: prefill passes the whole
+//! prompt (matrix-matrix), decode passes one token (matrix-vector). All
+//! buffers live in [`State`], allocated once, so decoding allocates nothing.
+
+use crate::weights::{qmatrix, Weights};
+use crate::{KvCache, ModelConfig, ModelError, RopeStyle};
+use frugal_formats::{GgmlType, ModelSource, Tensor};
+use frugal_kernels::matmul::{matmul, QuantizedActs};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Which positions of a batch get logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token (generation).
+    Last,
+    /// Every token (perplexity, evaluation).
+    All,
+}
+
+pub struct Model {
+    pub config: ModelConfig,
+    pub weights: Weights,
+    /// RoPE inverse frequencies, one per rotated pair.
+    inv_freq: Vec<f32>,
+}
+
+/// Activations quantized for the matmul kernels, one slot per activation type,
+/// so Q, K and V (or gate and up) quantize their shared input only once.
+#[derive(Default)]
+struct ActCache {
+    slots: Vec<(GgmlType, QuantizedActs, bool)>,
+}
+
+impl ActCache {
+    fn invalidate(&mut self) {
+        for s in &mut self.slots {
+            s.2 = false;
+        }
+    }
+
+    /// `out = x · Wᵀ` for `n` rows of `x`, quantizing `x` for `w` unless already done.
+    fn matmul(&mut self, w: &Tensor, x: &[f32], n: usize, out: &mut [f32]) {
+        let qm = qmatrix(w);
+        let dot_ty = frugal_kernels::traits(w.ty)
+            .expect("weights are checked for kernels at load")
+            .vec_dot_type;
+        let i = match self.slots.iter().position(|s| s.0 == dot_ty) {
+            Some(i) => i,
+            None => {
+                self.slots.push((dot_ty, QuantizedActs::new(), false));
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[i];
+        if !slot.2 {
+            slot.1.quantize(dot_ty, &x[..n * qm.cols], n, qm.cols);
+            slot.2 = true;
+        }
+        matmul(&qm, &slot.1, &mut out[..n * qm.rows]);
+    }
+}
+
+/// Scratch buffers for up to `cap` tokens per forward call.
+pub struct State {
+    cap: usize,
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    logits: Vec<f32>,
+    acts: ActCache,
+}
+
+impl State {
+    /// Largest batch one forward call accepts.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+}
+
+thread_local! {
+    /// Attention scores of one (token, head), reused across calls on each thread.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Model {
+    pub fn from_source(src: &ModelSource) -> Result<Model, ModelError> {
+        let config = ModelConfig::from_source(src)?;
+        let weights = Weights::from_source(src, &config)?;
+        let half = config.rope_dim / 2;
+        let inv_freq = (0..half)
+            .map(|i| {
+                config
+                    .rope_theta
+                    .powf(-2.0 * i as f32 / config.rope_dim as f32)
+            })
+            .collect();
+        Ok(Model {
+            config,
+            weights,
+            inv_freq,
+        })
+    }
+
+    /// Scratch for batches of up to `cap` tokens. Logits for all tokens of a
+    /// batch need `cap × n_vocab` floats; pass `all_logits = false` when only
+    /// the last token's logits are wanted.
+    pub fn new_state(&self, cap: usize, all_logits: bool) -> State {
+        let c = &self.config;
+        let cap = cap.max(1);
+        let qd = c.n_head * c.head_dim;
+        State {
+            cap,
+            x: vec![0.0; cap * c.n_embd],
+            xn: vec![0.0; cap * c.n_embd.max(qd)],
+            q: vec![0.0; cap * qd],
+            k: vec![0.0; cap * c.kv_dim()],
+            v: vec![0.0; cap * c.kv_dim()],
+            att: vec![0.0; cap * qd],
+            gate: vec![0.0; cap * c.n_ff],
+            up: vec![0.0; cap * c.n_ff],
+            logits: vec![0.0; if all_logits { cap } else { 1 } * c.n_vocab],
+            acts: ActCache::default(),
+        }
+    }
+
+    pub fn new_cache(&self, n_ctx: usize) -> KvCache {
+        KvCache::new(&self.config, n_ctx)
+    }
+
+    /// Run `tokens` (at most `st.capacity()`) at the next positions of `kv`.
+    /// Returns the logits of the last token, or of every token (row-major).
+    pub fn forward<'s>(
+        &self,
+        tokens: &[u32],
+        kv: &mut KvCache,
+        st: &'s mut State,
+        mode: Logits,
+    ) -> Result<&'s [f32], ModelError> {
+        let c = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(ModelError::Input("no tokens to run".into()));
+        }
+        if n > st.cap {
+            return Err(ModelError::Input(format!(
+                "batch of {n} tokens exceeds the state's capacity {}",
+                st.cap
+            )));
+        }
+        if mode == Logits::All && st.logits.len() < n * c.n_vocab {
+            return Err(ModelError::Input(
+                "state was made without room for all logits".into(),
+            ));
+        }
+        let pos0 = kv.len();
+        if pos0 + n > kv.n_ctx() {
+            return Err(ModelError::ContextFull {
+                n_ctx: kv.n_ctx(),
+                needed: pos0 + n,
+            });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                c.n_vocab
+            )));
+        }
+
+        let d = c.n_embd;
+        let qd = c.n_head * c.head_dim;
+        let kvd = c.kv_dim();
+        let ff = c.n_ff;
+        self.embed(tokens, &mut st.x[..n * d]);
+
+        for (li, layer) in self.weights.layers.iter().enumerate() {
+            // Attention.
+            rms_norm(
+                &st.x[..n * d],
+                &layer.attn_norm,
+                c.rms_eps,
+                &mut st.xn[..n * d],
+            );
+            st.acts.invalidate();
+            st.acts.matmul(&layer.wq, &st.xn, n, &mut st.q);
+            st.acts.matmul(&layer.wk, &st.xn, n, &mut st.k);
+            st.acts.matmul(&layer.wv, &st.xn, n, &mut st.v);
+            add_bias(&mut st.q[..n * qd], layer.bq.as_deref());
+            add_bias(&mut st.k[..n * kvd], layer.bk.as_deref());
+            add_bias(&mut st.v[..n * kvd], layer.bv.as_deref());
+            self.rope(&mut st.q[..n * qd], c.n_head, pos0);
+            self.rope(&mut st.k[..n * kvd], c.n_head_kv, pos0);
+            let (kc, vc) = kv.layer_mut(li);
+            kc[pos0 * kvd..(pos0 + n) * kvd].copy_from_slice(&st.k[..n * kvd]);
+            vc[pos0 * kvd..(pos0 + n) * kvd].copy_from_slice(&st.v[..n * kvd]);
+            attention(c, &st.q[..n * qd], kc, vc, pos0, n, &mut st.att[..n * qd]);
+            st.acts.invalidate();
+            st.acts.matmul(&layer.wo, &st.att, n, &mut st.xn);
+            add_assign(&mut st.x[..n * d], &st.xn[..n * d]);
+
+            // Feed-forward (SwiGLU).
+            rms_norm(
+                &st.x[..n * d],
+                &layer.ffn_norm,
+                c.rms_eps,
+                &mut st.xn[..n * d],
+            );
+            st.acts.invalidate();
+            st.acts.matmul(&layer.w_gate, &st.xn, n, &mut st.gate);
+            st.acts.matmul(&layer.w_up, &st.xn, n, &mut st.up);
+            swiglu(&mut st.gate[..n * ff], &st.up[..n * ff]);
+            st.acts.invalidate();
+            st.acts.matmul(&layer.w_down, &st.gate, n, &mut st.xn);
+            add_assign(&mut st.x[..n * d], &st.xn[..n * d]);
+        }
+        kv.advance(n);
+
+        let (first, rows) = match mode {
+            Logits::Last => (n - 1, 1),
+            Logits::All => (0, n),
+        };
+        rms_norm(
+            &st.x[first * d..n * d],
+            &self.weights.output_norm,
+            c.rms_eps,
+            &mut st.xn[..rows * d],
+        );
+        st.acts.invalidate();
+        st.acts
+            .matmul(&self.weights.output, &st.xn, rows, &mut st.logits);
+        Ok(&st.logits[..rows * c.n_vocab])
+    }
+
+    /// Look up (dequantize) the embedding row of each token.
+    fn embed(&self, tokens: &[u32], out: &mut [f32]) {
+        let t = &self.weights.token_embd;
+        let to_float = frugal_kernels::traits(t.ty)
+            .expect("weights are checked for kernels at load")
+            .to_float;
+        let rb = t.row_bytes();
+        let d = self.config.n_embd;
+        for (i, &tok) in tokens.iter().enumerate() {
+            let row = &t.bytes()[tok as usize * rb..][..rb];
+            to_float(row, &mut out[i * d..(i + 1) * d]);
+        }
+    }
+
+    /// Rotate each head of `x` (n tokens × heads × head_dim) by its position.
+    fn rope(&self, x: &mut [f32], heads: usize, pos0: usize) {
+        let hd = self.config.head_dim;
+        let half = self.config.rope_dim / 2;
+        let style = self.config.rope_style;
+        for (t, tok) in x.chunks_exact_mut(heads * hd).enumerate() {
+            let p = (pos0 + t) as f32;
+            for (i, &f) in self.inv_freq.iter().enumerate() {
+                let (sin, cos) = (p * f).sin_cos();
+                for head in tok.chunks_exact_mut(hd) {
+                    let (a, b) = match style {
+                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                        RopeStyle::Neox => (i, i + half),
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos - x1 * sin;
+                    head[b] = x0 * sin + x1 * cos;
+                }
+            }
+        }
+    }
+
+    /// Bytes of weights read per decoded token.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        self.weights.bytes_per_token()
+    }
+}
+
+/// Causal multi-head attention with grouped K/V heads, for `n` new tokens at
+/// positions `pos0..pos0+n` against the cache (which already holds them).
+fn attention(
+    c: &ModelConfig,
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    pos0: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    let hd = c.head_dim;
+    let kvd = c.kv_dim();
+    let group = c.n_head / c.n_head_kv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let n_head = c.n_head;
+    let one = |(i, o): (usize, &mut [f32])| {
+        let (t, h) = (i / n_head, i % n_head);
+        let kvh = h / group;
+        let p = pos0 + t;
+        let qh = &q[t * n_head * hd + h * hd..][..hd];
+        SCORES.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < p + 1 {
+                s.resize(p + 1, 0.0);
+            }
+            let s = &mut s[..=p];
+            for (j, sj) in s.iter_mut().enumerate() {
+                *sj = dot(qh, &kc[j * kvd + kvh * hd..][..hd]) * scale;
+            }
+            softmax(s);
+            o.fill(0.0);
+            for (j, &w) in s.iter().enumerate() {
+                axpy(o, w, &vc[j * kvd + kvh * hd..][..hd]);
+            }
+        });
+    };
+    // Parallel only when there is enough work to pay for the hand-off.
+    let work = n * n_head * (pos0 + n) * hd;
+    if work >= 1 << 16 {
+        out.par_chunks_mut(hd).enumerate().for_each(one);
+    } else {
+        out.chunks_mut(hd).enumerate().for_each(one);
+    }
+}
+
+/// Root-mean-square norm of each row of `x`, times `w`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ss: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        let inv = 1.0 / ((ss / d as f64) as f32 + eps).sqrt();
+        for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
+            *o = v * inv * g;
+        }
+    }
+}
+
+fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        for row in x.chunks_exact_mut(b.len()) {
+            add_assign(row, b);
+        }
+    }
+}
+
+fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// gate ← silu(gate) · up
+fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// In-place softmax.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Dot product with independent partial sums, so the compiler can vectorize it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+fn axpy(o: &mut [f32], w: f32, v: &[f32]) {
+    for (o, &v) in o.iter_mut().zip(v) {
+        *o += w * v;
+    }
+}

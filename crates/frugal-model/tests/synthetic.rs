@@ -1,0 +1,362 @@
+//! Forward-pass properties on small random models built in memory: batching
+//! and the KV cache agree with one-token steps, the two RoPE conventions agree
+//! once Q/K rows are permuted, GQA shares K/V heads, and bad configs fail.
+
+use frugal_formats::{MetaValue, Metadata, ModelSource, Tensor};
+use frugal_model::{Logits, Model, ModelError};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+struct Spec {
+    arch: &'static str,
+    d: usize,
+    heads: usize,
+    kv_heads: usize,
+    ff: usize,
+    layers: usize,
+    vocab: usize,
+    bias: bool,
+    tied: bool,
+}
+
+const SMALL: Spec = Spec {
+    arch: "llama",
+    d: 64,
+    heads: 4,
+    kv_heads: 2,
+    ff: 96,
+    layers: 2,
+    vocab: 50,
+    bias: false,
+    tied: false,
+};
+
+fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| rng.gen_range(-1.0f32..1.0) * scale)
+        .collect()
+}
+
+/// A random model with GGUF names and metadata (the same seed gives the same weights).
+fn build(spec: &Spec, seed: u64) -> ModelSource {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (d, hd) = (spec.d, spec.d / spec.heads);
+    let kvd = spec.kv_heads * hd;
+    let mut md = Metadata::default();
+    let a = spec.arch;
+    md.set("general.architecture", MetaValue::String(a.into()));
+    md.set(format!("{a}.embedding_length"), MetaValue::U32(d as u32));
+    md.set(
+        format!("{a}.feed_forward_length"),
+        MetaValue::U32(spec.ff as u32),
+    );
+    md.set(
+        format!("{a}.block_count"),
+        MetaValue::U32(spec.layers as u32),
+    );
+    md.set(
+        format!("{a}.attention.head_count"),
+        MetaValue::U32(spec.heads as u32),
+    );
+    md.set(
+        format!("{a}.attention.head_count_kv"),
+        MetaValue::U32(spec.kv_heads as u32),
+    );
+    md.set(format!("{a}.context_length"), MetaValue::U32(256));
+    md.set(format!("{a}.rope.freq_base"), MetaValue::F32(10000.0));
+    md.set(
+        format!("{a}.attention.layer_norm_rms_epsilon"),
+        MetaValue::F32(1e-5),
+    );
+    let mut t = Vec::new();
+    let mut mat = |name: String, cols: usize, rows: usize, rng: &mut StdRng| {
+        let s = 1.0 / (cols as f32).sqrt();
+        Tensor::from_f32(name, vec![cols, rows], &rand_vec(rng, cols * rows, s))
+    };
+    t.push(mat("token_embd.weight".into(), d, spec.vocab, &mut rng));
+    for l in 0..spec.layers {
+        let norm = |name: String, rng: &mut StdRng| {
+            let v: Vec<f32> = (0..d).map(|_| 1.0 + rng.gen_range(-0.2f32..0.2)).collect();
+            Tensor::from_f32(name, vec![d], &v)
+        };
+        t.push(norm(format!("blk.{l}.attn_norm.weight"), &mut rng));
+        t.push(mat(format!("blk.{l}.attn_q.weight"), d, d, &mut rng));
+        t.push(mat(format!("blk.{l}.attn_k.weight"), d, kvd, &mut rng));
+        t.push(mat(format!("blk.{l}.attn_v.weight"), d, kvd, &mut rng));
+        t.push(mat(format!("blk.{l}.attn_output.weight"), d, d, &mut rng));
+        if spec.bias {
+            for (n, len) in [("q", d), ("k", kvd), ("v", kvd)] {
+                let b = rand_vec(&mut rng, len, 0.5);
+                t.push(Tensor::from_f32(
+                    format!("blk.{l}.attn_{n}.bias"),
+                    vec![len],
+                    &b,
+                ));
+            }
+        }
+        t.push(norm(format!("blk.{l}.ffn_norm.weight"), &mut rng));
+        t.push(mat(
+            format!("blk.{l}.ffn_gate.weight"),
+            d,
+            spec.ff,
+            &mut rng,
+        ));
+        t.push(mat(format!("blk.{l}.ffn_up.weight"), d, spec.ff, &mut rng));
+        t.push(mat(
+            format!("blk.{l}.ffn_down.weight"),
+            spec.ff,
+            d,
+            &mut rng,
+        ));
+    }
+    let v: Vec<f32> = vec![1.0; d];
+    t.push(Tensor::from_f32("output_norm.weight", vec![d], &v));
+    if !spec.tied {
+        t.push(mat("output.weight".into(), d, spec.vocab, &mut rng));
+    }
+    ModelSource {
+        metadata: md,
+        tensors: t,
+        tokenizer_json: None,
+    }
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    t.bytes()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+fn replace(src: &mut ModelSource, name: &str, values: &[f32]) {
+    let i = src.tensors.iter().position(|t| t.name == name).unwrap();
+    let dims = src.tensors[i].dims.clone();
+    src.tensors[i] = Tensor::from_f32(name, dims, values);
+}
+
+/// Logits of every position, computed in one batch.
+fn batch_logits(m: &Model, toks: &[u32]) -> Vec<f32> {
+    let mut kv = m.new_cache(64);
+    let mut st = m.new_state(toks.len(), true);
+    m.forward(toks, &mut kv, &mut st, Logits::All)
+        .unwrap()
+        .to_vec()
+}
+
+/// Logits of every position, one token per call.
+fn step_logits(m: &Model, toks: &[u32]) -> Vec<f32> {
+    let mut kv = m.new_cache(64);
+    let mut st = m.new_state(1, false);
+    let mut out = Vec::new();
+    for &t in toks {
+        out.extend_from_slice(m.forward(&[t], &mut kv, &mut st, Logits::Last).unwrap());
+    }
+    out
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+const TOKENS: [u32; 12] = [3, 17, 42, 8, 8, 1, 49, 30, 22, 5, 0, 11];
+
+#[test]
+fn batched_prefill_matches_one_token_steps() {
+    for spec in [
+        SMALL,
+        Spec {
+            arch: "qwen2",
+            bias: true,
+            tied: true,
+            ..SMALL
+        },
+    ] {
+        let m = Model::from_source(&build(&spec, 1)).unwrap();
+        let a = batch_logits(&m, &TOKENS);
+        let b = step_logits(&m, &TOKENS);
+        assert!(
+            max_abs_diff(&a, &b) < 1e-4,
+            "{}: {}",
+            spec.arch,
+            max_abs_diff(&a, &b)
+        );
+        // And the logits depend on the context (the cache is really used).
+        let v = spec.vocab;
+        assert!(max_abs_diff(&a[3 * v..4 * v], &a[4 * v..5 * v]) > 1e-3);
+    }
+}
+
+#[test]
+fn split_prefill_matches_single_prefill() {
+    let m = Model::from_source(&build(&SMALL, 2)).unwrap();
+    let whole = batch_logits(&m, &TOKENS);
+    let mut kv = m.new_cache(64);
+    let mut st = m.new_state(8, true);
+    m.forward(&TOKENS[..5], &mut kv, &mut st, Logits::All)
+        .unwrap();
+    let tail = m
+        .forward(&TOKENS[5..], &mut kv, &mut st, Logits::All)
+        .unwrap();
+    let v = SMALL.vocab;
+    assert!(max_abs_diff(tail, &whole[5 * v..]) < 1e-4);
+}
+
+/// Rows of a Q or K matrix regrouped from half-split (NeoX/HF) order to
+/// interleaved pairs, per head: row (h, i) for i < hd/2 goes to (h, 2i), and
+/// (h, hd/2 + i) to (h, 2i + 1).
+fn neox_to_interleaved(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    let rows = w.len() / cols;
+    let hd = rows / heads;
+    let mut out = vec![0.0; w.len()];
+    for h in 0..heads {
+        for i in 0..hd / 2 {
+            for (src, dst) in [(i, 2 * i), (hd / 2 + i, 2 * i + 1)] {
+                let s = (h * hd + src) * cols;
+                let d = (h * hd + dst) * cols;
+                out[d..d + cols].copy_from_slice(&w[s..s + cols]);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn neox_rope_equals_interleaved_rope_on_permuted_rows() {
+    let neox_spec = Spec {
+        arch: "qwen2",
+        ..SMALL
+    };
+    let neox = build(&neox_spec, 3);
+    // Same weights, llama keys, Q/K rows permuted to interleaved order.
+    let mut inter = build(&SMALL, 3);
+    for l in 0..SMALL.layers {
+        for (n, heads) in [("q", SMALL.heads), ("k", SMALL.kv_heads)] {
+            let name = format!("blk.{l}.attn_{n}.weight");
+            let w = f32s(neox.tensor(&name).unwrap());
+            replace(&mut inter, &name, &neox_to_interleaved(&w, heads, SMALL.d));
+        }
+    }
+    let a = batch_logits(&Model::from_source(&neox).unwrap(), &TOKENS);
+    let b = batch_logits(&Model::from_source(&inter).unwrap(), &TOKENS);
+    assert!(max_abs_diff(&a, &b) < 1e-4, "diff {}", max_abs_diff(&a, &b));
+    // Without the permutation the two conventions disagree.
+    let c = batch_logits(&Model::from_source(&build(&SMALL, 3)).unwrap(), &TOKENS);
+    assert!(max_abs_diff(&a, &c) > 1e-3);
+}
+
+#[test]
+fn gqa_equals_mha_with_repeated_kv_heads() {
+    let gqa = build(&SMALL, 4);
+    let mha_spec = Spec {
+        kv_heads: SMALL.heads,
+        ..SMALL
+    };
+    let mut mha = build(&mha_spec, 4);
+    let hd = SMALL.d / SMALL.heads;
+    let group = SMALL.heads / SMALL.kv_heads;
+    for l in 0..SMALL.layers {
+        for n in ["k", "v"] {
+            let name = format!("blk.{l}.attn_{n}.weight");
+            let w = f32s(gqa.tensor(&name).unwrap());
+            // Repeat each KV head's rows for every query head in its group.
+            let mut rep = Vec::new();
+            for h in 0..SMALL.heads {
+                let kvh = h / group;
+                rep.extend_from_slice(&w[kvh * hd * SMALL.d..(kvh + 1) * hd * SMALL.d]);
+            }
+            replace(&mut mha, &name, &rep);
+        }
+        // Copy every other tensor so only the K/V layout differs.
+        for n in [
+            "attn_q",
+            "attn_output",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+            "attn_norm",
+            "ffn_norm",
+        ] {
+            let name = format!("blk.{l}.{n}.weight");
+            replace(&mut mha, &name, &f32s(gqa.tensor(&name).unwrap()));
+        }
+    }
+    for name in ["token_embd.weight", "output.weight"] {
+        replace(&mut mha, name, &f32s(gqa.tensor(name).unwrap()));
+    }
+    let a = batch_logits(&Model::from_source(&gqa).unwrap(), &TOKENS);
+    let b = batch_logits(&Model::from_source(&mha).unwrap(), &TOKENS);
+    assert!(max_abs_diff(&a, &b) < 1e-4, "diff {}", max_abs_diff(&a, &b));
+}
+
+#[test]
+fn qkv_bias_is_applied() {
+    let spec = Spec {
+        arch: "qwen2",
+        bias: true,
+        ..SMALL
+    };
+    let with = build(&spec, 5);
+    let mut without = with.clone();
+    without.tensors.retain(|t| !t.name.ends_with(".bias"));
+    let a = batch_logits(&Model::from_source(&with).unwrap(), &TOKENS);
+    let b = batch_logits(&Model::from_source(&without).unwrap(), &TOKENS);
+    assert!(max_abs_diff(&a, &b) > 1e-3);
+}
+
+#[test]
+fn unknown_architecture_is_a_clear_error() {
+    let mut src = build(&SMALL, 6);
+    src.metadata
+        .set("general.architecture", MetaValue::String("mamba".into()));
+    let err = Model::from_source(&src).err().expect("must fail");
+    assert!(matches!(err, ModelError::UnsupportedArch(ref a) if a == "mamba"));
+    assert!(err.to_string().contains("mamba"));
+}
+
+#[test]
+fn missing_and_misshapen_tensors_are_named() {
+    let mut src = build(&SMALL, 7);
+    src.tensors.retain(|t| t.name != "blk.1.ffn_up.weight");
+    let err = Model::from_source(&src).err().unwrap().to_string();
+    assert!(err.contains("blk.1.ffn_up.weight"), "{err}");
+
+    let mut src = build(&SMALL, 7);
+    let i = src
+        .tensors
+        .iter()
+        .position(|t| t.name == "blk.0.attn_k.weight")
+        .unwrap();
+    src.tensors[i].dims = vec![SMALL.d / 2, 64];
+    let err = Model::from_source(&src).err().unwrap().to_string();
+    assert!(
+        err.contains("blk.0.attn_k.weight") && err.contains("shape"),
+        "{err}"
+    );
+}
+
+#[test]
+fn context_overflow_and_bad_tokens_are_errors() {
+    let m = Model::from_source(&build(&SMALL, 8)).unwrap();
+    let mut kv = m.new_cache(4);
+    let mut st = m.new_state(8, false);
+    let err = m
+        .forward(&TOKENS[..5], &mut kv, &mut st, Logits::Last)
+        .err()
+        .unwrap();
+    assert!(matches!(
+        err,
+        ModelError::ContextFull {
+            n_ctx: 4,
+            needed: 5
+        }
+    ));
+    let err = m
+        .forward(&[999], &mut kv, &mut st, Logits::Last)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("999"));
+}
