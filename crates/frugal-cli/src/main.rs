@@ -36,6 +36,8 @@ enum Command {
     Perplexity(cmd::perplexity::Args),
     /// Measure prefill and decode speed, like llama-bench.
     Bench(cmd::bench::Args),
+    /// Write a model as GGUF or as a Hugging Face safetensors folder.
+    Convert(cmd::convert::Args),
 }
 
 fn main() {
@@ -47,6 +49,7 @@ fn main() {
         Command::Chat(a) => cmd::chat::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Convert(a) => cmd::convert::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -6,7 +6,7 @@
 mod legacy_common;
 use frugal_formats::GgmlType;
 use frugal_kernels::legacy::{self, scalar};
-use frugal_kernels::traits::traits;
+use frugal_kernels::traits::{traits, FromFloat};
 use legacy_common::*;
 use rand::Rng;
 
@@ -46,9 +46,9 @@ fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
 }
 
 /// Every quantizer of an activation type: reference, dispatched, and each SIMD one.
-fn q8_impls(ty: GgmlType) -> Vec<(&'static str, fn(&[f32], &mut [u8]))> {
+fn q8_impls(ty: GgmlType) -> Vec<(&'static str, FromFloat)> {
     let q1 = ty == GgmlType::Q8_1;
-    let mut v: Vec<(&'static str, fn(&[f32], &mut [u8]))> = vec![
+    let mut v: Vec<(&'static str, FromFloat)> = vec![
         (
             "ref",
             if q1 {

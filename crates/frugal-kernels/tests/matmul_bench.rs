@@ -258,3 +258,30 @@ fn bench_big_matvec() {
         );
     }
 }
+
+/// Per-call overhead of the threaded matmul on small matrices: called from
+/// inside the pool (as a forward pass run under `install` would) and from outside.
+#[test]
+#[ignore]
+fn bench_call_overhead() {
+    let mut r = StdRng::seed_from_u64(9);
+    for (rows, cols) in [(64usize, 576usize), (192, 576), (576, 576)] {
+        let ty = GgmlType::Q4_1;
+        let data = matrix(ty, rows, cols, &mut r);
+        let w = QMatrix::new(ty, rows, cols, &data);
+        let x: Vec<f32> = (0..cols).map(|_| r.gen_range(-1.0..1.0)).collect();
+        let mut acts = QuantizedActs::new();
+        acts.quantize(GgmlType::Q8_1, &x, 1, cols);
+        let mut out = vec![0.0f32; rows];
+        for threads in [1, 2] {
+            let p = pool(threads);
+            let (inside, _) = p.install(|| time2(2000, threads, || matmul(&w, &acts, &mut out)));
+            let (outside, _) = time2(2000, threads, || p.install(|| matmul(&w, &acts, &mut out)));
+            println!(
+                "{threads}T Q4_1 {rows}x{cols}: inside pool {:6.2} us, outside {:6.2} us",
+                inside * 1e6,
+                outside * 1e6
+            );
+        }
+    }
+}

@@ -7,6 +7,7 @@
 //! the next token.
 
 mod config;
+pub mod export;
 mod forward;
 mod kv;
 pub mod load;

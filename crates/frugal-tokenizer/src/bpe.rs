@@ -10,6 +10,8 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
+use crate::fxhash::FxHashMap;
+
 use crate::pretok::PreTokenizer;
 use crate::unicode::byte_to_char;
 use crate::TokenizerError;
@@ -19,7 +21,7 @@ pub(crate) struct Bpe {
     ignore_merges: bool,
     n_vocab: u32,
     /// `(left, right) -> (rank, merged)`; the first listing of a pair wins.
-    merges: HashMap<(u32, u32), (u32, u32)>,
+    merges: FxHashMap<(u32, u32), (u32, u32)>,
     /// Symbol id of each byte's alphabet character, if it is a token or a merge operand.
     byte_sym: [Option<u32>; 256],
     /// Token id of each byte whose alphabet character is the plain ASCII
@@ -42,7 +44,7 @@ impl Bpe {
         pre: PreTokenizer,
         ignore_merges: bool,
         n_vocab: usize,
-        token_to_id: &HashMap<String, u32>,
+        token_to_id: &FxHashMap<String, u32>,
         merges: &[&str],
     ) -> Result<Bpe, TokenizerError> {
         let mut extra: HashMap<String, u32> = HashMap::new();
@@ -58,7 +60,7 @@ impl Bpe {
             next_id += 1;
             next_id - 1
         };
-        let mut table = HashMap::with_capacity(merges.len());
+        let mut table = FxHashMap::with_capacity_and_hasher(merges.len(), Default::default());
         for (rank, m) in merges.iter().enumerate() {
             // llama.cpp splits at the first space after the first byte; a
             // line without one is the pair ("", "") and can never apply.
@@ -99,23 +101,40 @@ impl Bpe {
     pub(crate) fn encode(
         &self,
         text: &str,
-        token_to_id: &HashMap<String, u32>,
+        token_to_id: &FxHashMap<String, u32>,
         out: &mut Vec<u32>,
     ) {
         let mut syms: Vec<Sym> = Vec::new();
         let mut heap = BinaryHeap::new();
         let mut mapped = String::new();
+        // Words repeat a lot in running text: remember each short word's ids
+        // (as a range of `out`) for the rest of this call.
+        let mut seen: FxHashMap<&[u8], (usize, usize)> = FxHashMap::default();
         for (a, b) in self.pre.split(text) {
             let word = &text.as_bytes()[a..b];
+            let cacheable = word.len() <= 48;
+            if cacheable {
+                if let Some(&(s, n)) = seen.get(word) {
+                    out.extend_from_within(s..s + n);
+                    continue;
+                }
+            }
+            let start = out.len();
+            let mut done = false;
             if self.ignore_merges {
                 mapped.clear();
                 mapped.extend(word.iter().map(|&c| byte_to_char(c)));
                 if let Some(&id) = token_to_id.get(&mapped) {
                     out.push(id);
-                    continue;
+                    done = true;
                 }
             }
-            self.encode_word(word, &mut syms, &mut heap, out);
+            if !done {
+                self.encode_word(word, &mut syms, &mut heap, out);
+            }
+            if cacheable {
+                seen.insert(word, (start, out.len() - start));
+            }
         }
     }
 

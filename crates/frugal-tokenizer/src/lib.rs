@@ -12,6 +12,7 @@
 
 mod bpe;
 pub mod chat;
+mod fxhash;
 mod hf;
 mod llama2c;
 mod pretok;

@@ -3,8 +3,75 @@
 //! adjacent pair whose concatenation is the vocabulary token with the highest
 //! score (ties: leftmost), then spell characters that are not tokens with
 //! byte tokens `<0xXX>`.
+//!
+//! llama.cpp merges over the whole text at once. Here the text is first cut
+//! where no merge can ever cross: between two characters that appear next to
+//! each other in no vocabulary token. Each piece then merges on its own; the
+//! result is the same (merges in one piece never change what is possible in
+//! another, so each piece sees its merges in the same order), and the heaps
+//! stay small.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use crate::fxhash::{FxHashMap, FxHashSet};
+
+/// Every pair of adjacent characters inside some token.
+pub(crate) fn adjacent_pairs<'a>(tokens: impl Iterator<Item = &'a str>) -> FxHashSet<(char, char)> {
+    let mut pairs = FxHashSet::default();
+    for t in tokens {
+        let mut it = t.chars();
+        if let Some(mut prev) = it.next() {
+            for c in it {
+                pairs.insert((prev, c));
+                prev = c;
+            }
+        }
+    }
+    pairs
+}
+
+/// Tokenize `text` (spaces already escaped), cutting it where `pairs` says no
+/// token can span the cut.
+pub(crate) fn encode_chunked<'t>(
+    text: &'t str,
+    pairs: &FxHashSet<(char, char)>,
+    token_to_id: &FxHashMap<String, u32>,
+    scores: &[f32],
+    byte_token: impl Fn(u8) -> Option<u32>,
+    out: &mut Vec<u32>,
+) {
+    // Pieces repeat (they are about word-sized): remember short ones' ids
+    // as ranges of `out` for the rest of this call.
+    let mut seen: FxHashMap<&'t str, (usize, usize)> = FxHashMap::default();
+    let mut piece = |p: &'t str, out: &mut Vec<u32>| {
+        let cacheable = p.len() <= 48;
+        if cacheable {
+            if let Some(&(s, n)) = seen.get(p) {
+                out.extend_from_within(s..s + n);
+                return;
+            }
+        }
+        let start = out.len();
+        encode(p, token_to_id, scores, &byte_token, out);
+        if cacheable {
+            seen.insert(p, (start, out.len() - start));
+        }
+    };
+    let mut start = 0;
+    let mut prev: Option<char> = None;
+    for (i, c) in text.char_indices() {
+        if let Some(p) = prev {
+            if !pairs.contains(&(p, c)) {
+                piece(&text[start..i], out);
+                start = i;
+            }
+        }
+        prev = Some(c);
+    }
+    if start < text.len() {
+        piece(&text[start..], out);
+    }
+}
 
 #[derive(Clone, Copy)]
 struct Sym {
@@ -45,7 +112,7 @@ impl Ord for Bigram {
 /// `byte_token(b)` gives the token for a raw byte, if the vocabulary has one.
 pub(crate) fn encode(
     text: &str,
-    token_to_id: &HashMap<String, u32>,
+    token_to_id: &FxHashMap<String, u32>,
     scores: &[f32],
     byte_token: impl Fn(u8) -> Option<u32>,
     out: &mut Vec<u32>,

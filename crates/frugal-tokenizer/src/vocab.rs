@@ -2,11 +2,12 @@
 //! tokens, end-of-generation tokens, special-token partitioning, and
 //! detokenization.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use frugal_formats::{MetaValue, Metadata};
 
 use crate::bpe::Bpe;
+use crate::fxhash::{FxHashMap, FxHashSet};
 use crate::pretok::{PreInfo, PreTokenizer};
 use crate::unicode::char_to_byte;
 use crate::{spm, TokenizerError};
@@ -34,7 +35,8 @@ fn attr_from_type(t: i128) -> u8 {
 }
 
 pub(crate) enum Model {
-    Spm,
+    /// With the pairs of characters adjacent inside some token.
+    Spm(FxHashSet<(char, char)>),
     Bpe(Box<Bpe>),
 }
 
@@ -63,7 +65,7 @@ pub(crate) struct Vocab {
     pub tokens: Vec<String>,
     pub scores: Vec<f32>,
     pub attrs: Vec<u8>,
-    pub token_to_id: HashMap<String, u32>,
+    pub token_to_id: FxHashMap<String, u32>,
     pub sp: Specials,
     pub add_bos: bool,
     pub add_eos: bool,
@@ -228,13 +230,13 @@ impl Vocab {
                     .ok_or_else(|| wrong("tokenizer.ggml.token_type", "an array of integers"))?
             }
         };
-        let mut token_to_id = HashMap::with_capacity(n);
+        let mut token_to_id = FxHashMap::with_capacity_and_hasher(n, Default::default());
         for (i, t) in tokens.iter().enumerate() {
             token_to_id.insert(t.clone(), i as u32);
         }
 
         let model = if is_spm {
-            Model::Spm
+            Model::Spm(spm::adjacent_pairs(token_to_id.keys().map(String::as_str)))
         } else {
             let merge_vals = array(md, "tokenizer.ggml.merges")?.ok_or_else(|| {
                 TokenizerError::NoTokenizer(
@@ -362,7 +364,7 @@ impl Vocab {
     }
 
     pub(crate) fn is_spm(&self) -> bool {
-        matches!(self.model, Model::Spm)
+        matches!(self.model, Model::Spm(_))
     }
 
     /// The token for a raw byte in an SPM vocabulary: `<0xXX>`, else the byte itself.
@@ -386,7 +388,7 @@ impl Vocab {
             return text.as_bytes().to_vec();
         }
         match self.model {
-            Model::Spm => {
+            Model::Spm(_) => {
                 if attr & ATTR_NORMAL != 0 {
                     text.replace('\u{2581}', " ").into_bytes()
                 } else if attr & ATTR_BYTE != 0 {
@@ -481,7 +483,7 @@ impl Vocab {
             self.partition(text, parse_special)
         };
         match &self.model {
-            Model::Spm => {
+            Model::Spm(pairs) => {
                 if add_special && self.add_bos {
                     out.extend(self.sp.bos);
                 }
@@ -497,8 +499,9 @@ impl Vocab {
                             for c in t.chars() {
                                 buf.push(if c == ' ' { '\u{2581}' } else { c });
                             }
-                            spm::encode(
+                            spm::encode_chunked(
                                 &buf,
+                                pairs,
                                 &self.token_to_id,
                                 &self.scores,
                                 |b| self.spm_byte_token(b),

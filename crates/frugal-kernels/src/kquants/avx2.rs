@@ -351,8 +351,12 @@ fn dot_q3k(nb: usize, w: &[u8], a: &[u8]) -> f32 {
         let x: &[u8; 110] = blk(w, i);
         let y: &[u8; 292] = blk(a, i);
         let d = f32_at(y, 0) * f16_at(x, D);
-        let sc8 = unpack_scales_q3k(&scales12_at(x, SC)).map(|v| v as u8);
-        let sc16 = _mm256_cvtepi8_epi16(ld128(&sc8, 0));
+        let [w0, w1, w2, w3] = unpack_scales_q3k_words(&scales12_at(x, SC));
+        let sc8 = _mm_sub_epi8(
+            _mm_setr_epi32(w0 as i32, w1 as i32, w2 as i32, w3 as i32),
+            _mm_set1_epi8(32),
+        );
+        let sc16 = _mm256_cvtepi8_epi16(sc8);
         // Quants are used +4 (0..=7); remove 4 * sum_g sc_g * bsums_g at the end.
         let corr = _mm256_madd_epi16(sc16, ld256(y, YB));
         let lanes = group_scale_lanes(sc16);
@@ -385,7 +389,7 @@ fn dot_q2k(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     const SC: usize = offset_of!(BlockQ2K, scales);
     const QS: usize = offset_of!(BlockQ2K, qs);
     const D: usize = offset_of!(BlockQ2K, d);
-    const DMIN: usize = offset_of!(BlockQ2K, dmin);
+    const _: () = assert!(offset_of!(BlockQ2K, dmin) == D + 2);
     let m3 = _mm256_set1_epi8(3);
     let m4 = _mm_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
@@ -393,13 +397,16 @@ fn dot_q2k(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     for i in 0..nb {
         let x: &[u8; 84] = blk(w, i);
         let y: &[u8; 292] = blk(a, i);
-        let yd = f32_at(y, 0);
-        let (d, dmin) = (yd * f16_at(x, D), yd * f16_at(x, DMIN));
+        let dm = d_dmin(&x[D..], f32_at(y, 0));
         let sm = ld128(x, SC);
         let sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(sm, m4));
         let mn16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(sm), m4));
         let prod = _mm256_madd_epi16(mn16, ld256(y, YB));
-        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(prod), accm);
+        accm = _mm256_fmadd_ps(
+            _mm256_broadcastss_ps(_mm_movehdup_ps(dm)),
+            _mm256_cvtepi32_ps(prod),
+            accm,
+        );
         let lanes = group_scale_lanes(sc16);
         let mut sumi = _mm256_setzero_si256();
         for (h, sl) in lanes.iter().enumerate() {
@@ -412,7 +419,7 @@ fn dot_q2k(nb: usize, w: &[u8], a: &[u8]) -> f32 {
                 sumi = _mm256_add_epi32(sumi, p);
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum256(acc) - hsum256(accm)
 }

@@ -388,8 +388,12 @@ fn dot_q3k(nb: usize, w: &[u8], a: &[u8]) -> f32 {
         let x: &[u8; 110] = blk(w, i);
         let y: &[u8; 292] = blk(a, i);
         let d = f32_at(y, 0) * f16_at(x, D);
-        let sc8 = unpack_scales_q3k(&scales12_at(x, SC)).map(|v| v as u8);
-        let sc16 = _mm256_cvtepi8_epi16(ld128(&sc8, 0));
+        let [w0, w1, w2, w3] = unpack_scales_q3k_words(&scales12_at(x, SC));
+        let sc8 = _mm_sub_epi8(
+            _mm_setr_epi32(w0 as i32, w1 as i32, w2 as i32, w3 as i32),
+            _mm_set1_epi8(32),
+        );
+        let sc16 = _mm256_cvtepi8_epi16(sc8);
         // Quants are stored +4 (0..=7); remove 4 * sum_g sc_g * bsums_g at the end.
         let corr = _mm256_madd_epi16(sc16, ld256(y, YB));
         let s16 = _mm512_castsi256_si512(sc16);
@@ -425,7 +429,7 @@ fn dot_q2k(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     const SC: usize = offset_of!(BlockQ2K, scales);
     const QS: usize = offset_of!(BlockQ2K, qs);
     const D: usize = offset_of!(BlockQ2K, d);
-    const DMIN: usize = offset_of!(BlockQ2K, dmin);
+    const _: () = assert!(offset_of!(BlockQ2K, dmin) == D + 2);
     let m3 = _mm512_set1_epi8(3);
     let m4 = _mm_set1_epi8(0x0F);
     let idx = [ld_words(&G16_IDX[0]), ld_words(&G16_IDX[1])];
@@ -434,13 +438,16 @@ fn dot_q2k(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     for i in 0..nb {
         let x: &[u8; 84] = blk(w, i);
         let y: &[u8; 292] = blk(a, i);
-        let yd = f32_at(y, 0);
-        let (d, dmin) = (yd * f16_at(x, D), yd * f16_at(x, DMIN));
+        let dm = d_dmin(&x[D..], f32_at(y, 0));
         let sm = ld128(x, SC);
         let sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(sm, m4));
         let mn16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(sm), m4));
         let prod = _mm256_madd_epi16(mn16, ld256(y, YB));
-        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(prod), accm);
+        accm = _mm256_fmadd_ps(
+            _mm256_broadcastss_ps(_mm_movehdup_ps(dm)),
+            _mm256_cvtepi32_ps(prod),
+            accm,
+        );
         let s16 = _mm512_castsi256_si512(sc16);
         let mut sumi = _mm512_setzero_si512();
         for (h, idx_h) in idx.iter().enumerate() {
@@ -453,7 +460,11 @@ fn dot_q2k(nb: usize, w: &[u8], a: &[u8]) -> f32 {
             let sc = _mm512_permutexvar_epi16(*idx_h, s16);
             sumi = _mm512_dpwssd_epi32(sumi, _mm512_packs_epi32(pa, pb), sc);
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(fold256(sumi)), acc);
+        acc = _mm256_fmadd_ps(
+            _mm256_broadcastss_ps(dm),
+            _mm256_cvtepi32_ps(fold256(sumi)),
+            acc,
+        );
     }
     hsum256(acc) - hsum256(accm)
 }

@@ -246,29 +246,30 @@ pub fn unpack_scales_mins_k4(q: &[u8; K_SCALE_SIZE]) -> (u64, u64) {
     )
 }
 
-/// The 16 signed scales of a Q3_K block, already minus 32 (range -32..=31).
+/// The 16 6-bit scales of a Q3_K block as stored (0..=63, i.e. scale + 32),
+/// four per little-endian word: byte `b` of word `k` is scale `4k + b`.
 /// Scale `j` has its low 4 bits in the low (j < 8) or high (j >= 8) nibble of
 /// byte `j % 8`, and its top 2 bits at bits `2*(j/4)` of byte `8 + j%4`.
 #[inline(always)]
-pub fn unpack_scales_q3k(q: &[u8; K_SCALE_SIZE]) -> [i8; 16] {
+pub fn unpack_scales_q3k_words(q: &[u8; K_SCALE_SIZE]) -> [u32; 4] {
     let a0 = u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
     let a1 = u32::from_le_bytes([q[4], q[5], q[6], q[7]]);
     let t = u32::from_le_bytes([q[8], q[9], q[10], q[11]]);
     const LO: u32 = 0x0f0f_0f0f;
     const HI: u32 = 0x0303_0303;
-    let words = [
+    [
         (a0 & LO) | ((t & HI) << 4),
         (a1 & LO) | (((t >> 2) & HI) << 4),
         ((a0 >> 4) & LO) | (((t >> 4) & HI) << 4),
         ((a1 >> 4) & LO) | (((t >> 6) & HI) << 4),
-    ];
-    let mut out = [0i8; 16];
-    for (k, w) in words.iter().enumerate() {
-        for (b, byte) in w.to_le_bytes().iter().enumerate() {
-            out[4 * k + b] = *byte as i8 - 32;
-        }
-    }
-    out
+    ]
+}
+
+/// The 16 signed scales of a Q3_K block, already minus 32 (range -32..=31).
+#[inline(always)]
+pub fn unpack_scales_q3k(q: &[u8; K_SCALE_SIZE]) -> [i8; 16] {
+    let words = unpack_scales_q3k_words(q);
+    std::array::from_fn(|j| (words[j / 4] >> (8 * (j % 4))) as u8 as i8 - 32)
 }
 
 /// Pack 16 Q3_K scales (each already offset by +32, so 0..=63) into 12 bytes.

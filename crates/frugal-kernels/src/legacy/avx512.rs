@@ -19,7 +19,7 @@
 //! masked loads (masked-off bytes are never accessed).
 
 use super::blocks::QK;
-use super::packed::{ActQuad, Lanes16, Lanes8};
+use super::packed::{ActQuad, Lanes16};
 use super::scalar::check_dot;
 use std::arch::x86_64::*;
 
@@ -74,7 +74,7 @@ const fn bias(ty: u8) -> i8 {
         _ => 0,
     }
 }
-/// Index of the bias correction in [`ActQuad::corr`].
+/// Index of the bias correction in [`PackedActs::corr`](super::packed::PackedActs::corr).
 const fn corr_index(ty: u8) -> usize {
     match ty {
         Q4_0 => 0,
@@ -115,15 +115,6 @@ unsafe fn ld_u32(p: *const u8) -> u64 {
     u32::from_le(unsafe { p.cast::<u32>().read_unaligned() }) as u64
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn hsum256(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
-}
-
 /// A 512-bit constant from 32 u16 lanes.
 const fn c16(a: [u16; 32]) -> __m512i {
     // SAFETY: [u16; 32] and __m512i have the same size and no invalid bit patterns.
@@ -135,10 +126,12 @@ const fn c32(a: [i32; 16]) -> __m512i {
     unsafe { std::mem::transmute(a) }
 }
 
-/// 16 lanes: lane i takes float `4 * (i / 4) * STEP` — spreads 4 (STEP=1) or
-/// every other of 8 (STEP=2) floats over four lanes each.
+/// Permutations spreading four floats over four lanes each: lane i takes
+/// float `i / 4` (SPREAD1), `2 * (i / 4)` (SPREAD2: the d of [d0 m0 d1 m1 ..]),
+/// or `2 * (i / 4) + 1` (SPREAD2M: the m).
 const SPREAD1: __m512i = c32([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]);
 const SPREAD2: __m512i = c32([0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6]);
+const SPREAD2M: __m512i = c32([1, 1, 1, 1, 3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7]);
 
 // ---------------------------------------------------------------- vec_dot (ggml layout)
 
@@ -357,8 +350,8 @@ struct Quad {
     hi: __m512i,
     /// The scale of block k in lanes 4k..4k+4.
     dw16: __m512,
-    /// [d0, m0, d1, m1, d2, m2, d3, m3] (types with a minimum; else unused).
-    dm8: __m256,
+    /// The minimum of block k in lanes 4k..4k+4 (types with a minimum; else unused).
+    mw16: __m512,
 }
 
 // Word (u16) indices of the quants of four blocks, for vpermt2w: block k's 16
@@ -490,7 +483,7 @@ unsafe fn q8_scale(p: *const u8, k: usize, nblk: usize) -> u64 {
 #[inline]
 unsafe fn decode<const TY: u8>(p: *const u8, nblk: usize) -> Quad {
     let valid = nblk * wsize(TY);
-    let zero_ps = _mm256_setzero_ps();
+    let zero_ps = _mm512_setzero_ps();
     // SAFETY: see the function contract; every access is a load inside the
     // `valid` bytes or masked to them.
     unsafe {
@@ -516,7 +509,7 @@ unsafe fn decode<const TY: u8>(p: *const u8, nblk: usize) -> Quad {
                 lo,
                 hi,
                 dw16,
-                dm8: zero_ps,
+                mw16: zero_ps,
             };
         }
         // The quad's bytes as two registers: bytes 0..64 and 64..quad_bytes.
@@ -538,15 +531,16 @@ unsafe fn decode<const TY: u8>(p: *const u8, nblk: usize) -> Quad {
                     lo,
                     hi,
                     dw16,
-                    dm8: zero_ps,
+                    mw16: zero_ps,
                 }
             }
             Q4_1 => {
                 let (lo, hi) = split_nibbles(_mm512_permutex2var_epi32(a, Q4_1_QS, b));
                 let dm = _mm512_castsi512_si128(_mm512_permutexvar_epi32(Q4_1_DM, a));
-                let dm8 = _mm256_cvtph_ps(dm);
-                let dw16 = _mm512_permutexvar_ps(SPREAD2, _mm512_castps256_ps512(dm8));
-                Quad { lo, hi, dw16, dm8 }
+                let dm8 = _mm512_castps256_ps512(_mm256_cvtph_ps(dm));
+                let dw16 = _mm512_permutexvar_ps(SPREAD2, dm8);
+                let mw16 = _mm512_permutexvar_ps(SPREAD2M, dm8);
+                Quad { lo, hi, dw16, mw16 }
             }
             Q5_0 => {
                 let (lo, hi) = split_nibbles(_mm512_permutex2var_epi16(a, Q5_0_QS, b));
@@ -558,16 +552,17 @@ unsafe fn decode<const TY: u8>(p: *const u8, nblk: usize) -> Quad {
                     lo,
                     hi,
                     dw16,
-                    dm8: zero_ps,
+                    mw16: zero_ps,
                 }
             }
             _ => {
                 let (lo, hi) = split_nibbles(_mm512_permutex2var_epi32(a, Q5_1_QS, b));
                 let meta = _mm512_permutex2var_epi16(a, Q5_1_META, b);
                 let (lo, hi) = add_high_bits(lo, hi, meta);
-                let dm8 = _mm256_cvtph_ps(_mm512_castsi512_si128(meta));
-                let dw16 = _mm512_permutexvar_ps(SPREAD2, _mm512_castps256_ps512(dm8));
-                Quad { lo, hi, dw16, dm8 }
+                let dm8 = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm512_castsi512_si128(meta)));
+                let dw16 = _mm512_permutexvar_ps(SPREAD2, dm8);
+                let mw16 = _mm512_permutexvar_ps(SPREAD2M, dm8);
+                Quad { lo, hi, dw16, mw16 }
             }
         }
     }
@@ -579,9 +574,9 @@ unsafe fn decode<const TY: u8>(p: *const u8, nblk: usize) -> Quad {
 struct Acts {
     quads: *const ActQuad,
     /// The bias corrections for this weight type (Q4_0/Q5_0/Q8_0), else unused.
-    corr: *const Lanes16,
+    corr: *const Lanes16<i32>,
     /// The Q8_1 block sums (Q4_1/Q5_1), else unused.
-    s8: *const Lanes8,
+    s16: *const Lanes16<f32>,
     nq: usize,
 }
 
@@ -593,7 +588,7 @@ impl Acts {
         Acts {
             quads: self.quads.wrapping_add(q),
             corr: self.corr.wrapping_add(q),
-            s8: self.s8.wrapping_add(q),
+            s16: self.s16.wrapping_add(q),
             nq: self.nq,
         }
     }
@@ -603,16 +598,11 @@ impl Acts {
 ///
 /// # Safety
 /// For `t < T`, `a.quads + t * nq` must point to a valid [`ActQuad`], and
-/// `a.corr + t * nq` (types with a bias) or `a.s8 + t * nq` (types with a
+/// `a.corr + t * nq` (types with a bias) or `a.s16 + t * nq` (types with a
 /// minimum) to valid corrections / sums.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-unsafe fn apply<const TY: u8, const T: usize>(
-    wq: &Quad,
-    a: Acts,
-    acc: &mut [__m512; T],
-    accm: &mut [__m256; T],
-) {
+unsafe fn apply<const TY: u8, const T: usize>(wq: &Quad, a: Acts, acc: &mut [__m512; T]) {
     for t in 0..T {
         // SAFETY: caller contract; all fields are read with unaligned loads
         // inside the pointed-to structs.
@@ -630,8 +620,9 @@ unsafe fn apply<const TY: u8, const T: usize>(
             let sc = _mm512_mul_ps(wq.dw16, _mm512_loadu_ps((*aq).d16.as_ptr()));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[t]);
             if has_min(TY) {
-                let s8 = _mm256_loadu_ps(a.s8.wrapping_add(t * a.nq).cast());
-                accm[t] = _mm256_fmadd_ps(wq.dm8, s8, accm[t]);
+                // m_k * s_k lands in lane 4k (s16 is zero in the other lanes).
+                let s16 = _mm512_loadu_ps(a.s16.wrapping_add(t * a.nq).cast());
+                acc[t] = _mm512_fmadd_ps(wq.mw16, s16, acc[t]);
             }
         }
     }
@@ -645,14 +636,13 @@ unsafe fn apply<const TY: u8, const T: usize>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn row_dot<const TY: u8, const T: usize>(w: *const u8, nb: usize, a: Acts) -> [f32; T] {
     let mut acc = [_mm512_setzero_ps(); T];
-    let mut accm = [_mm256_setzero_ps(); T];
     let full = nb / 4;
     let qb = quad_bytes(TY);
     for q in 0..full {
         // SAFETY: quad q < nb/4 is inside the row; act quad q exists (contract).
         unsafe {
             let wq = decode::<TY>(w.add(q * qb), 4);
-            apply::<TY, T>(&wq, a.at(q), &mut acc, &mut accm);
+            apply::<TY, T>(&wq, a.at(q), &mut acc);
         }
     }
     let rem = nb - full * 4;
@@ -662,25 +652,26 @@ unsafe fn row_dot<const TY: u8, const T: usize>(w: *const u8, nb: usize, a: Acts
         // SAFETY: `rem` blocks remain in the row; act quad `full` exists.
         unsafe {
             let wq = decode::<TY>(w.add(full * qb), rem);
-            apply::<TY, T>(&wq, a.at(full), &mut acc, &mut accm);
+            apply::<TY, T>(&wq, a.at(full), &mut acc);
         }
     }
     let mut out = [0.0f32; T];
     for t in 0..T {
         out[t] = _mm512_reduce_add_ps(acc[t]);
-        if has_min(TY) {
-            out[t] += hsum256(accm[t]);
-        }
     }
     out
 }
 
-/// Rows `g.rows` × `T` tokens from `t0`, written to `out[(t0 + i) * ostride + r]`.
+/// Rows `rows` × `T` tokens from `t0`, written to `out[(t0 + i) * ostride + r]`.
 ///
 /// # Safety
-/// As [`tile`], for tokens `t0..t0+T`.
+/// As [`tile`], for rows `rows` (within `g.rows`) and tokens `t0..t0+T`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn tile_tokens<const TY: u8, const T: usize>(g: &TileArgs, t0: usize) {
+unsafe fn tile_tokens<const TY: u8, const T: usize>(
+    g: &TileArgs,
+    rows: std::ops::Range<usize>,
+    t0: usize,
+) {
     let p = &g.acts;
     let corr = if bias(TY) != 0 {
         p.corr[corr_index(TY)].as_ptr()
@@ -690,11 +681,11 @@ unsafe fn tile_tokens<const TY: u8, const T: usize>(g: &TileArgs, t0: usize) {
     let a = Acts {
         quads: p.quads.as_ptr(),
         corr,
-        s8: p.s8.as_ptr(),
+        s16: p.s16.as_ptr(),
         nq: p.nq,
     }
     .at(t0 * p.nq);
-    for r in g.rows.clone() {
+    for r in rows {
         // SAFETY: row r < total rows is inside `w`; tokens t0..t0+T < n_tok
         // have packed act rows (of this type's extras); out index
         // (t0+i)*ostride + r is in bounds and owned by this call (caller contract).
@@ -707,15 +698,20 @@ unsafe fn tile_tokens<const TY: u8, const T: usize>(g: &TileArgs, t0: usize) {
     }
 }
 
-/// Token block of the prefill micro-kernel.
-const TB: usize = 4;
+/// Tokens per pass of the prefill micro-kernel (one weight quad decoded,
+/// applied to this many tokens).
+const TB: usize = 8;
+
+/// Weight bytes per row block in prefill: a block stays in L2 while every
+/// token group passes over it.
+const ROW_BLOCK_BYTES: usize = 128 * 1024;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn tile_typed<const TY: u8>(g: &TileArgs) {
     // The extras this type reads must be there (they are when the
     // activations were packed from this type's activation type).
     let extra = if has_min(TY) {
-        g.acts.s8.len()
+        g.acts.s16.len()
     } else {
         g.acts.corr[corr_index(TY)].len()
     };
@@ -724,19 +720,32 @@ unsafe fn tile_typed<const TY: u8>(g: &TileArgs) {
         g.acts.quads.len(),
         "activations packed for another type"
     );
-    let mut t0 = 0;
-    // SAFETY: each call covers tokens inside 0..n_tok (caller contract of `tile`).
-    unsafe {
-        while t0 + TB <= g.acts.n_tok {
-            tile_tokens::<TY, TB>(g, t0);
-            t0 += TB;
+    let n_tok = g.acts.n_tok;
+    let rb = (ROW_BLOCK_BYTES / g.row_bytes.max(1)).max(16);
+    let mut r0 = g.rows.start;
+    while r0 < g.rows.end {
+        let rows = r0..(r0 + rb).min(g.rows.end);
+        let mut t0 = 0;
+        // SAFETY: each call covers rows inside g.rows and tokens inside
+        // 0..n_tok (caller contract of `tile`).
+        unsafe {
+            while t0 + TB <= n_tok {
+                tile_tokens::<TY, TB>(g, rows.clone(), t0);
+                t0 += TB;
+            }
+            if t0 + 4 <= n_tok {
+                tile_tokens::<TY, 4>(g, rows.clone(), t0);
+                t0 += 4;
+            }
+            if t0 + 2 <= n_tok {
+                tile_tokens::<TY, 2>(g, rows.clone(), t0);
+                t0 += 2;
+            }
+            if t0 < n_tok {
+                tile_tokens::<TY, 1>(g, rows.clone(), t0);
+            }
         }
-        match g.acts.n_tok - t0 {
-            3 => tile_tokens::<TY, 3>(g, t0),
-            2 => tile_tokens::<TY, 2>(g, t0),
-            1 => tile_tokens::<TY, 1>(g, t0),
-            _ => {}
-        }
+        r0 = rows.end;
     }
 }
 

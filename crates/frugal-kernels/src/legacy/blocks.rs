@@ -120,7 +120,7 @@ unsafe impl Block for BlockQ8_1 {}
 pub fn as_blocks<B: Block>(bytes: &[u8]) -> &[B] {
     let sz = size_of::<B>();
     assert!(
-        bytes.len() % sz == 0,
+        bytes.len().is_multiple_of(sz),
         "{} bytes is not a whole number of {sz}-byte blocks",
         bytes.len()
     );
@@ -135,7 +135,7 @@ pub fn as_blocks<B: Block>(bytes: &[u8]) -> &[B] {
 pub fn as_blocks_mut<B: Block>(bytes: &mut [u8]) -> &mut [B] {
     let sz = size_of::<B>();
     assert!(
-        bytes.len() % sz == 0,
+        bytes.len().is_multiple_of(sz),
         "{} bytes is not a whole number of {sz}-byte blocks",
         bytes.len()
     );

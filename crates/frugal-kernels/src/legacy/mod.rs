@@ -23,7 +23,7 @@ use frugal_formats::GgmlType;
 /// Checks a Q8 quantizer's arguments; returns the number of blocks.
 pub(crate) fn check_q8(x: &[f32], out: &[u8], bsize: usize) -> usize {
     assert!(
-        x.len() % blocks::QK == 0,
+        x.len().is_multiple_of(blocks::QK),
         "{} floats: not whole blocks",
         x.len()
     );

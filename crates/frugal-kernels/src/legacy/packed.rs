@@ -21,15 +21,10 @@ pub struct ActQuad {
     pub d16: [f32; 16],
 }
 
-/// 16 i32 lanes (one 512-bit register).
+/// 16 lanes of i32 or f32 (one 512-bit register).
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Lanes16(pub [i32; 16]);
-
-/// 8 f32 lanes (one 256-bit register).
-#[repr(C, align(32))]
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Lanes8(pub [f32; 8]);
+pub struct Lanes16<T>(pub [T; 16]);
 
 /// The biases of [`PackedActs::corr`]: signed weights enter `vpdpbusd` as
 /// unsigned `q + bias` (Q4_0: 8, Q5_0: 16, Q8_0: 128).
@@ -46,9 +41,9 @@ pub struct PackedActs {
     pub quads: Vec<ActQuad>,
     /// Q8_0 only, per bias of [`CORR_BIASES`]: `-bias * sum(q)` of block k
     /// in lane 4k, other lanes 0.
-    pub corr: [Vec<Lanes16>; 3],
-    /// Q8_1 only: `[0, s0, 0, s1, 0, s2, 0, s3]` (`s` as stored, f16 → f32).
-    pub s8: Vec<Lanes8>,
+    pub corr: [Vec<Lanes16<i32>>; 3],
+    /// Q8_1 only: block k's sum `s` (as stored, f16 → f32) in lane 4k, other lanes 0.
+    pub s16: Vec<Lanes16<f32>>,
 }
 
 impl PackedActs {
@@ -64,7 +59,7 @@ impl PackedActs {
         self.nq = nq;
         self.n_tok = n_tok;
         self.quads.clear();
-        self.s8.clear();
+        self.s16.clear();
         for c in &mut self.corr {
             c.clear();
         }
@@ -94,13 +89,13 @@ impl PackedActs {
                 for row in blocks.chunks_exact(nb.max(1)).take(n_tok) {
                     for quad in row.chunks(4) {
                         let mut aq = ActQuad::ZERO;
-                        let mut s8 = Lanes8([0.0; 8]);
+                        let mut s16 = Lanes16([0.0f32; 16]);
                         for (k, blk) in quad.iter().enumerate() {
                             put(&mut aq, k, &blk.qs, blk.d.to_f32());
-                            s8.0[2 * k + 1] = blk.s.to_f32();
+                            s16.0[4 * k] = blk.s.to_f32();
                         }
                         self.quads.push(aq);
-                        self.s8.push(s8);
+                        self.s16.push(s16);
                     }
                 }
             }

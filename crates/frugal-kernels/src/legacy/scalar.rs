@@ -8,7 +8,7 @@ use super::blocks::*;
 #[inline]
 pub(crate) fn check_dot(n: usize, w: &[u8], wsize: usize, a: &[u8], asize: usize) -> usize {
     assert!(
-        n % QK == 0,
+        n.is_multiple_of(QK),
         "dot of {n} elements: not whole {QK}-element blocks"
     );
     let nb = n / QK;
@@ -76,7 +76,7 @@ fn inv(d: f32) -> f32 {
 
 fn check_quant(src: &[f32], dst: &[u8], bsize: usize) -> usize {
     assert!(
-        src.len() % QK == 0,
+        src.len().is_multiple_of(QK),
         "{} floats: not whole blocks",
         src.len()
     );
@@ -203,7 +203,7 @@ pub fn quantize_q8_1_ref(src: &[f32], dst: &mut [u8]) {
 /// source bytes of exactly those blocks (a longer source is allowed).
 fn check_deq<'a>(src: &'a [u8], dst: &[f32], bsize: usize) -> &'a [u8] {
     assert!(
-        dst.len() % QK == 0,
+        dst.len().is_multiple_of(QK),
         "{} floats: not whole blocks",
         dst.len()
     );
