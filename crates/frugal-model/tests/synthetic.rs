@@ -69,7 +69,7 @@ fn build(spec: &Spec, seed: u64) -> ModelSource {
         MetaValue::F32(1e-5),
     );
     let mut t = Vec::new();
-    let mut mat = |name: String, cols: usize, rows: usize, rng: &mut StdRng| {
+    let mat = |name: String, cols: usize, rows: usize, rng: &mut StdRng| {
         let s = 1.0 / (cols as f32).sqrt();
         Tensor::from_f32(name, vec![cols, rows], &rand_vec(rng, cols * rows, s))
     };

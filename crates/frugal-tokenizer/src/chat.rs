@@ -131,10 +131,8 @@ impl ChatTemplate {
         if t.contains("<|im_start|>") {
             let default_system = default_system_prompt(t);
             let default_when = match (t.find("for message in messages"), default_system_pos(t)) {
-                (Some(loop_at), Some(sys_at)) if loop_at < sys_at => {
-                    DefaultSystemWhen::BeforeFirstMessage
-                }
-                _ => DefaultSystemWhen::Always,
+                (Some(loop_at), Some(sys_at)) if loop_at > sys_at => DefaultSystemWhen::Always,
+                _ => DefaultSystemWhen::BeforeFirstMessage,
             };
             return Ok(ChatTemplate::ChatMl {
                 default_system,

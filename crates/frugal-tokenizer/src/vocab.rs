@@ -287,6 +287,13 @@ impl Vocab {
                 }
             }
         }
+        // Defaults that do not exist in this vocabulary mean "none".
+        for (_, field) in keys {
+            let f = field(&mut sp);
+            if f.is_some_and(|id| id as usize >= n) {
+                *f = None;
+            }
+        }
         if let Some(v) = opt_bool(md, "tokenizer.ggml.add_bos_token")? {
             add_bos = v;
         }

@@ -4,7 +4,7 @@
 //!   two blocks per 512-bit register, integer products with `vpdpbusd`.
 //! * `quantize_row_q8_*`: the activation quantizers, bit-identical to the
 //!   references.
-//! * [`tile`]: the matmul engine's micro-kernel. It reads activations
+//! * `tile`: the matmul engine's micro-kernel. It reads activations
 //!   pre-arranged in [`ActQuad`]s (see `super::packed`), decodes four weight
 //!   blocks ("a quad") into two registers once, and applies them to up to 8
 //!   tokens while they are in registers.
@@ -603,7 +603,7 @@ impl Acts {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
 unsafe fn apply<const TY: u8, const T: usize>(wq: &Quad, a: Acts, acc: &mut [__m512; T]) {
-    for t in 0..T {
+    for (t, acc) in acc.iter_mut().enumerate() {
         // SAFETY: caller contract; all fields are read with unaligned loads
         // inside the pointed-to structs.
         unsafe {
@@ -618,11 +618,11 @@ unsafe fn apply<const TY: u8, const T: usize>(wq: &Quad, a: Acts, acc: &mut [__m
             let s = _mm512_dpbusd_epi32(init, wq.lo, a_lo);
             let s = _mm512_dpbusd_epi32(s, wq.hi, a_hi);
             let sc = _mm512_mul_ps(wq.dw16, _mm512_loadu_ps((*aq).d16.as_ptr()));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[t]);
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, *acc);
             if has_min(TY) {
                 // m_k * s_k lands in lane 4k (s16 is zero in the other lanes).
                 let s16 = _mm512_loadu_ps(a.s16.wrapping_add(t * a.nq).cast());
-                acc[t] = _mm512_fmadd_ps(wq.mw16, s16, acc[t]);
+                *acc = _mm512_fmadd_ps(wq.mw16, s16, *acc);
             }
         }
     }
@@ -656,8 +656,8 @@ unsafe fn row_dot<const TY: u8, const T: usize>(w: *const u8, nb: usize, a: Acts
         }
     }
     let mut out = [0.0f32; T];
-    for t in 0..T {
-        out[t] = _mm512_reduce_add_ps(acc[t]);
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = _mm512_reduce_add_ps(a);
     }
     out
 }
