@@ -21,9 +21,8 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Set up the thread pool and load the model and its tokenizer.
+    /// Load the model and its tokenizer (the thread pool is already sized by `main`).
     pub fn load(&self, quiet: bool) -> Result<LoadedModel> {
-        init_threads(self.threads)?;
         let path = resolve_model(&self.model, quiet)?;
         let lm = frugal_model::load(&path, self.tokenizer.as_deref())
             .with_context(|| format!("loading {}", path.display()))?;
@@ -44,7 +43,7 @@ pub fn resolve_model(arg: &str, quiet: bool) -> Result<PathBuf> {
     Ok(frugal_fetch::resolve_model_with(arg, &opts)?)
 }
 
-/// Size the global thread pool once.
+/// Size the global thread pool (once, before any parallel work).
 pub fn init_threads(threads: Option<usize>) -> Result<()> {
     let n = match threads {
         Some(0) => anyhow::bail!("--threads must be at least 1"),
@@ -53,6 +52,7 @@ pub fn init_threads(threads: Option<usize>) -> Result<()> {
     };
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
+        .stack_size(8 << 20)
         .build_global()
         .context("starting the thread pool")?;
     Ok(())

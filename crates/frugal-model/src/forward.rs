@@ -298,6 +298,7 @@ fn attention(
     let group = c.n_head / c.n_head_kv;
     let scale = 1.0 / (hd as f32).sqrt();
     let n_head = c.n_head;
+    let n_ctx = kc.len() / kvd;
     let one = |(i, o): (usize, &mut [f32])| {
         let (t, h) = (i / n_head, i % n_head);
         let kvh = h / group;
@@ -306,7 +307,8 @@ fn attention(
         SCORES.with(|s| {
             let mut s = s.borrow_mut();
             if s.len() < p + 1 {
-                s.resize(p + 1, 0.0);
+                // Room for the whole cache at once, so decoding never grows it.
+                s.resize(n_ctx, 0.0);
             }
             let s = &mut s[..=p];
             for (j, sj) in s.iter_mut().enumerate() {

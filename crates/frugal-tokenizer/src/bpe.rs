@@ -29,6 +29,10 @@ pub(crate) struct Bpe {
     ascii_token: [Option<u32>; 256],
 }
 
+/// A possible merge: `(rank, left, right, left id, right id)`, lowest rank
+/// (then leftmost) first.
+type Candidate = Reverse<(u32, usize, usize, u32, u32)>;
+
 #[derive(Clone, Copy)]
 struct Sym {
     id: Option<u32>,
@@ -142,7 +146,7 @@ impl Bpe {
         &self,
         word: &[u8],
         syms: &mut Vec<Sym>,
-        heap: &mut BinaryHeap<Reverse<(u32, usize, usize, u32, u32)>>,
+        heap: &mut BinaryHeap<Candidate>,
         out: &mut Vec<u32>,
     ) {
         syms.clear();

@@ -177,7 +177,8 @@ impl Tokenizer {
 
     /// The full llama.cpp `detokenize` as raw bytes: `remove_special` drops a
     /// leading BOS / trailing EOS the model adds itself; `unparse_special`
-    /// renders control tokens as their text.
+    /// renders control tokens as their text. (tokenizer.json: the tokens'
+    /// pieces concatenated, without the library's decoder clean-ups.)
     pub fn detokenize(&self, ids: &[u32], remove_special: bool, unparse_special: bool) -> Vec<u8> {
         match &self.inner {
             Inner::Gguf(v) => v.detokenize(ids, remove_special, unparse_special),

@@ -42,8 +42,10 @@ impl Llama2c {
         };
         let word = |b: &[u8]| [b[0], b[1], b[2], b[3]];
         let _max_len = i32::from_le_bytes(word(take(4, "max_token_length")?));
-        let mut tokens = Vec::with_capacity(vocab_size);
-        let mut scores = Vec::with_capacity(vocab_size);
+        // Each token takes at least 8 bytes: never reserve more than the file can hold.
+        let cap = vocab_size.min(data.len() / 8);
+        let mut tokens = Vec::with_capacity(cap);
+        let mut scores = Vec::with_capacity(cap);
         for i in 0..vocab_size {
             let score = f32::from_le_bytes(word(take(4, &format!("score of token {i}"))?));
             let len = i32::from_le_bytes(word(take(4, &format!("length of token {i}"))?));

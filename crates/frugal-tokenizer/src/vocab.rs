@@ -59,6 +59,9 @@ pub(crate) struct Specials {
     pub fim_sep: Option<u32>,
 }
 
+/// Picks one of the special ids out of [`Specials`].
+type SpecialField = fn(&mut Specials) -> &mut Option<u32>;
+
 pub(crate) struct Vocab {
     pub model: Model,
     pub pre: Option<PreTokenizer>,
@@ -259,7 +262,7 @@ impl Vocab {
         };
 
         // Special token ids from the metadata; out-of-range ids keep the default.
-        let keys: [(&str, fn(&mut Specials) -> &mut Option<u32>); 17] = [
+        let keys: [(&str, SpecialField); 17] = [
             ("bos_token_id", |s| &mut s.bos),
             ("eos_token_id", |s| &mut s.eos),
             ("eot_token_id", |s| &mut s.eot),
@@ -303,7 +306,7 @@ impl Vocab {
 
         // Find unnamed special tokens by their text, as llama.cpp does.
         let find = |names: &[&str]| names.iter().find_map(|t| token_to_id.get(*t).copied());
-        let by_name: [(&[&str], fn(&mut Specials) -> &mut Option<u32>); 8] = [
+        let by_name: [(&[&str], SpecialField); 8] = [
             (EOT_NAMES, |s| &mut s.eot),
             (&["<|eom_id|>"], |s| &mut s.eom),
             (

@@ -158,3 +158,24 @@ fn chat_template_from_metadata() {
     md.set("tokenizer.chat_template", MetaValue::U8(1));
     assert!(ChatTemplate::from_metadata(&md).is_err());
 }
+
+#[test]
+fn tokenizer_is_shareable_across_threads() {
+    fn check<T: Send + Sync>() {}
+    check::<Tokenizer>();
+    check::<frugal_tokenizer::StreamDecoder>();
+}
+
+#[test]
+fn llama2c_bad_input_never_panics() {
+    for vocab in [0usize, 1, 3, usize::MAX] {
+        let r = Tokenizer::from_llama2c_bytes(&[0, 0, 0, 0], vocab, "x");
+        assert!(r.is_err(), "vocab_size {vocab}");
+    }
+    // A negative token length.
+    let mut data = vec![0u8; 4];
+    data.extend_from_slice(&0f32.to_le_bytes());
+    data.extend_from_slice(&(-5i32).to_le_bytes());
+    let err = Tokenizer::from_llama2c_bytes(&data, 1, "x").unwrap_err();
+    assert!(err.to_string().contains("negative"), "{err}");
+}

@@ -1,0 +1,124 @@
+//! Decoding a token must not touch the heap once the buffers are warm: the
+//! state, cache and kernel scratch are allocated up front. This binary counts
+//! every allocation made while it runs single-token forward passes.
+
+use frugal_formats::{MetaValue, Metadata, ModelSource, Tensor};
+use frugal_model::{Logits, Model};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        System.realloc(p, l, n)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn tiny_model() -> ModelSource {
+    let (d, ff, vocab, layers) = (64usize, 128usize, 40usize, 2usize);
+    let mut md = Metadata::default();
+    md.set("general.architecture", MetaValue::String("qwen2".into()));
+    for (k, v) in [
+        ("embedding_length", d),
+        ("feed_forward_length", ff),
+        ("block_count", layers),
+        ("attention.head_count", 4),
+        ("attention.head_count_kv", 2),
+    ] {
+        md.set(format!("qwen2.{k}"), MetaValue::U32(v as u32));
+    }
+    let mut seed = 1u32;
+    let mut vals = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+            })
+            .collect()
+    };
+    let mut t = vec![Tensor::from_f32(
+        "token_embd.weight",
+        vec![d, vocab],
+        &vals(d * vocab),
+    )];
+    for l in 0..layers {
+        for (n, cols, rows) in [
+            ("attn_q", d, d),
+            ("attn_k", d, 32),
+            ("attn_v", d, 32),
+            ("attn_output", d, d),
+            ("ffn_gate", d, ff),
+            ("ffn_up", d, ff),
+            ("ffn_down", ff, d),
+        ] {
+            t.push(Tensor::from_f32(
+                format!("blk.{l}.{n}.weight"),
+                vec![cols, rows],
+                &vals(cols * rows),
+            ));
+        }
+        for (n, len) in [
+            ("attn_norm.weight", d),
+            ("ffn_norm.weight", d),
+            ("attn_q.bias", d),
+            ("attn_k.bias", 32),
+            ("attn_v.bias", 32),
+        ] {
+            t.push(Tensor::from_f32(
+                format!("blk.{l}.{n}"),
+                vec![len],
+                &vals(len),
+            ));
+        }
+    }
+    t.push(Tensor::from_f32(
+        "output_norm.weight",
+        vec![d],
+        &vec![1.0; d],
+    ));
+    ModelSource {
+        metadata: md,
+        tensors: t,
+        tokenizer_json: None,
+    }
+}
+
+#[test]
+fn decode_steps_allocate_nothing() {
+    let m = Model::from_source(&tiny_model()).unwrap();
+    let mut kv = m.new_cache(64);
+    let mut st = m.new_state(8, false);
+    // Warm up: a prefill and a few decode steps grow every buffer once.
+    m.forward(&[1, 2, 3, 4], &mut kv, &mut st, Logits::Last)
+        .unwrap();
+    for t in 0..4 {
+        m.forward(&[t], &mut kv, &mut st, Logits::Last).unwrap();
+    }
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for t in 0..40 {
+        m.forward(&[t % 40], &mut kv, &mut st, Logits::Last)
+            .unwrap();
+    }
+    let after = ALLOCS.load(Ordering::Relaxed);
+    assert_eq!(
+        after - before,
+        0,
+        "{} allocations in 40 decode steps",
+        after - before
+    );
+}
