@@ -280,7 +280,10 @@ fn permute_rows(
     n_head: usize,
     inverse: bool,
 ) -> Result<Vec<u8>, FormatError> {
-    if n_head == 0 || rows % (2 * n_head) != 0 || rows.checked_mul(row_bytes) != Some(data.len()) {
+    if n_head == 0
+        || !rows.is_multiple_of(2 * n_head)
+        || rows.checked_mul(row_bytes) != Some(data.len())
+    {
         return Err(FormatError::invalid(
             "Q/K permutation",
             format!(

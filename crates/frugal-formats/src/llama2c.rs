@@ -65,19 +65,19 @@ impl Llama2cConfig {
             seq_len: positive(6, "seq_len")?,
             shared_classifier: vocab > 0,
         };
-        if cfg.dim % cfg.n_heads != 0 {
+        if !cfg.dim.is_multiple_of(cfg.n_heads) {
             return Err(FormatError::invalid(
                 "n_heads",
                 format!("{} does not divide dim {}", cfg.n_heads, cfg.dim),
             ));
         }
-        if cfg.n_heads % cfg.n_kv_heads != 0 {
+        if !cfg.n_heads.is_multiple_of(cfg.n_kv_heads) {
             return Err(FormatError::invalid(
                 "n_kv_heads",
                 format!("{} does not divide n_heads {}", cfg.n_kv_heads, cfg.n_heads),
             ));
         }
-        if cfg.head_size() % 2 != 0 {
+        if !cfg.head_size().is_multiple_of(2) {
             return Err(FormatError::invalid(
                 "n_heads",
                 format!("head size {} is odd; RoPE needs pairs", cfg.head_size()),

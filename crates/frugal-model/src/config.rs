@@ -92,7 +92,7 @@ impl ModelConfig {
             n_layer: md.get_usize(&key("block_count"))?,
             n_head,
             n_head_kv,
-            head_dim: if n_head > 0 { n_embd / n_head } else { 0 },
+            head_dim: n_embd.checked_div(n_head).unwrap_or(0),
             n_ff: md.get_usize(&key("feed_forward_length"))?,
             n_ctx_train: md
                 .opt(&key("context_length"), Metadata::get_usize)?
@@ -128,7 +128,7 @@ impl ModelConfig {
                 return bad(name, "must be positive".into());
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return bad(
                 "attention.head_count",
                 format!(
@@ -137,7 +137,7 @@ impl ModelConfig {
                 ),
             );
         }
-        if self.n_head % self.n_head_kv != 0 {
+        if !self.n_head.is_multiple_of(self.n_head_kv) {
             return bad(
                 "attention.head_count_kv",
                 format!(
@@ -146,7 +146,7 @@ impl ModelConfig {
                 ),
             );
         }
-        if self.rope_dim > self.head_dim || self.rope_dim % 2 != 0 {
+        if self.rope_dim > self.head_dim || !self.rope_dim.is_multiple_of(2) {
             return bad(
                 "rope.dimension_count",
                 format!(

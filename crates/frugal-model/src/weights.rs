@@ -73,7 +73,7 @@ impl Loader<'_> {
         let tr = frugal_kernels::traits(t.ty).ok_or_else(|| {
             ModelError::BadTensor(name.to_string(), format!("no kernels for type {}", t.ty))
         })?;
-        if cols % tr.vec_dot_type.block_size() != 0 {
+        if !cols.is_multiple_of(tr.vec_dot_type.block_size()) {
             return Err(ModelError::BadTensor(
                 name.to_string(),
                 format!(

@@ -87,8 +87,8 @@ pub fn run(a: Args) -> Result<()> {
     );
     match &tok {
         Ok(t) => println!(
-            "tokenizer     {} ({} tokens, bos {:?}, eos {:?}, add bos {})",
-            format!("{:?}", t.kind()),
+            "tokenizer     {:?} ({} tokens, bos {:?}, eos {:?}, add bos {})",
+            t.kind(),
             t.vocab_size(),
             t.bos_id(),
             t.eos_id(),
