@@ -17,7 +17,7 @@ fn frugal(args: &[&str]) -> (String, String) {
 }
 
 fn logits(m: &Model, tokens: &[u32]) -> Vec<f32> {
-    let mut kv = m.new_cache(tokens.len());
+    let mut kv = m.new_cache(tokens.len()).unwrap();
     let mut st = m.new_state(tokens.len(), true);
     m.forward(tokens, &mut kv, &mut st, Logits::All)
         .unwrap()

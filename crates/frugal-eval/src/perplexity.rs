@@ -80,10 +80,15 @@ pub fn perplexity(
     max_chunks: Option<usize>,
     mut on_chunk: impl FnMut(usize, usize, f64),
 ) -> Result<PerplexityResult, ModelError> {
-    if ctx < 2 {
+    if ctx < 4 {
         return Err(ModelError::Input(format!(
-            "context {ctx} is too small (need at least 2)"
+            "context {ctx} is too small: at least 4 tokens, so each chunk scores one"
         )));
+    }
+    if max_chunks == Some(0) {
+        return Err(ModelError::Input(
+            "the number of chunks must be at least 1".into(),
+        ));
     }
     let chunks = chunk_count(tokens.len(), ctx, max_chunks);
     if chunks == 0 {
@@ -93,7 +98,7 @@ pub fn perplexity(
         )));
     }
     let n_vocab = model.config.n_vocab;
-    let mut kv = model.new_cache(ctx);
+    let mut kv = model.new_cache(ctx)?;
     let mut st = model.new_state(ctx, true);
     let mut stats = NllStats::default();
     let first = ctx / 2;

@@ -98,7 +98,7 @@ pub fn run(
 ) -> Result<BenchResult, ModelError> {
     let c = &model.config;
     let n_ctx = cfg.prompt_tokens.max(cfg.gen_tokens).max(1);
-    let mut kv = model.new_cache(n_ctx);
+    let mut kv = model.new_cache(n_ctx)?;
     let mut st = model.new_state(cfg.prompt_tokens.clamp(1, 512), false);
     let mut rng = StdRng::seed_from_u64(1234);
     let tokens: Vec<u32> = (0..cfg.prompt_tokens)

@@ -85,6 +85,27 @@ impl ModelConfig {
                 _ => md.get_array("tokenizer.ggml.tokens")?.len(),
             },
         };
+        // Features that change the computation and that frugal does not run:
+        // refuse them rather than produce quietly wrong logits.
+        if src.tensor("rope_freqs.weight").is_some() {
+            return Err(ModelError::BadConfig(
+                "rope_freqs.weight (Llama 3 style RoPE frequency scaling) is not supported".into(),
+            ));
+        }
+        if let Some(t) = md.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
+            if t != "none" {
+                return Err(ModelError::BadConfig(format!(
+                    "rope.scaling.type `{t}` is not supported"
+                )));
+            }
+        }
+        let key_len = md.opt(&key("attention.key_length"), Metadata::get_usize)?;
+        let value_len = md.opt(&key("attention.value_length"), Metadata::get_usize)?;
+        if key_len != value_len {
+            return Err(ModelError::BadConfig(format!(
+                "attention.key_length {key_len:?} differs from attention.value_length {value_len:?}"
+            )));
+        }
         let cfg = ModelConfig {
             arch,
             n_vocab,
@@ -92,7 +113,12 @@ impl ModelConfig {
             n_layer: md.get_usize(&key("block_count"))?,
             n_head,
             n_head_kv,
-            head_dim: n_embd.checked_div(n_head).unwrap_or(0),
+            // The head size is explicit in newer files; otherwise heads split the embedding evenly.
+            head_dim: match key_len {
+                Some(k) => k,
+                None if n_head > 0 && n_embd % n_head == 0 => n_embd / n_head,
+                None => 0,
+            },
             n_ff: md.get_usize(&key("feed_forward_length"))?,
             n_ctx_train: md
                 .opt(&key("context_length"), Metadata::get_usize)?
@@ -111,6 +137,15 @@ impl ModelConfig {
             .unwrap_or(cfg.head_dim);
         let cfg = ModelConfig { rope_dim, ..cfg };
         cfg.validate()?;
+        // Every layer has at least its nine weight tensors: a block count
+        // beyond that is a corrupt header, not a model.
+        if cfg.n_layer > src.tensors.len() {
+            return Err(ModelError::BadConfig(format!(
+                "block_count {} exceeds the {} tensors in the file",
+                cfg.n_layer,
+                src.tensors.len()
+            )));
+        }
         Ok(cfg)
     }
 
@@ -128,11 +163,11 @@ impl ModelConfig {
                 return bad(name, "must be positive".into());
             }
         }
-        if !self.n_embd.is_multiple_of(self.n_head) {
+        if self.head_dim == 0 {
             return bad(
                 "attention.head_count",
                 format!(
-                    "{} does not divide embedding_length {}",
+                    "{} heads leave no head size in embedding_length {} (and no attention.key_length)",
                     self.n_head, self.n_embd
                 ),
             );

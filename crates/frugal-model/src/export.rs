@@ -20,17 +20,11 @@ pub fn to_float_source(src: &ModelSource, ty: GgmlType) -> Result<ModelSource, M
             continue;
         }
         let values = tensor_to_f32(t)?;
-        let bytes: Vec<u8> = match ty {
-            GgmlType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            GgmlType::F16 => values
-                .iter()
-                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-                .collect(),
-            _ => values
-                .iter()
-                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-                .collect(),
-        };
+        let mut bytes = vec![0u8; values.len() * ty.type_size()];
+        let encode = frugal_kernels::traits(ty)
+            .and_then(|tr| tr.from_float)
+            .ok_or_else(|| ModelError::Input(format!("no encoder for {ty}")))?;
+        encode(&values, &mut bytes);
         tensors.push(Tensor {
             name: t.name.clone(),
             ty,

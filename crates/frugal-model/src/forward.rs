@@ -133,7 +133,8 @@ impl Model {
         }
     }
 
-    pub fn new_cache(&self, n_ctx: usize) -> KvCache {
+    /// A KV cache for `n_ctx` positions; an error if it cannot be allocated.
+    pub fn new_cache(&self, n_ctx: usize) -> Result<KvCache, ModelError> {
         KvCache::new(&self.config, n_ctx)
     }
 
@@ -160,6 +161,11 @@ impl Model {
         if mode == Logits::All && st.logits.len() < n * c.n_vocab {
             return Err(ModelError::Input(
                 "state was made without room for all logits".into(),
+            ));
+        }
+        if !kv.fits(c) || st.x.len() != st.cap * c.n_embd {
+            return Err(ModelError::Input(
+                "the KV cache or state was made for a different model".into(),
             ));
         }
         let pos0 = kv.len();
@@ -205,6 +211,7 @@ impl Model {
             attention(c, &st.q[..n * qd], kc, vc, pos0, n, &mut st.att[..n * qd]);
             st.acts.invalidate();
             st.acts.matmul(&layer.wo, &st.att, n, &mut st.xn);
+            add_bias(&mut st.xn[..n * d], layer.bo.as_deref());
             add_assign(&mut st.x[..n * d], &st.xn[..n * d]);
 
             // Feed-forward (SwiGLU).

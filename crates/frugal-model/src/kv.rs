@@ -2,7 +2,7 @@
 //! every position seen so far, so each new token attends without recomputing
 //! the prefix.
 
-use crate::ModelConfig;
+use crate::{ModelConfig, ModelError};
 
 pub struct KvCache {
     n_ctx: usize,
@@ -15,21 +15,42 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// A cache for `n_ctx` positions. Memory is zero-initialised lazily by the
-    /// allocator, so untouched positions cost no resident memory.
-    pub fn new(cfg: &ModelConfig, n_ctx: usize) -> KvCache {
+    /// A cache for `n_ctx` positions, or an error naming the size if it
+    /// cannot be allocated.
+    pub fn new(cfg: &ModelConfig, n_ctx: usize) -> Result<KvCache, ModelError> {
         let kv_dim = cfg.kv_dim();
-        KvCache {
+        let too_big = || {
+            ModelError::Input(format!(
+                "a KV cache of {n_ctx} positions does not fit in memory"
+            ))
+        };
+        let per_layer = n_ctx.checked_mul(kv_dim).ok_or_else(too_big)?;
+        per_layer
+            .checked_mul(2 * cfg.n_layer * std::mem::size_of::<f32>())
+            .filter(|&b| b <= isize::MAX as usize)
+            .ok_or_else(too_big)?;
+        let layer = || -> Result<Vec<f32>, ModelError> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(per_layer).map_err(|_| too_big())?;
+            v.resize(per_layer, 0.0);
+            Ok(v)
+        };
+        Ok(KvCache {
             n_ctx,
             kv_dim,
             k: (0..cfg.n_layer)
-                .map(|_| vec![0.0; n_ctx * kv_dim])
-                .collect(),
+                .map(|_| layer())
+                .collect::<Result<_, _>>()?,
             v: (0..cfg.n_layer)
-                .map(|_| vec![0.0; n_ctx * kv_dim])
-                .collect(),
+                .map(|_| layer())
+                .collect::<Result<_, _>>()?,
             len: 0,
-        }
+        })
+    }
+
+    /// Whether this cache was made for a model of this shape.
+    pub(crate) fn fits(&self, cfg: &ModelConfig) -> bool {
+        self.k.len() == cfg.n_layer && self.kv_dim == cfg.kv_dim()
     }
 
     pub fn n_ctx(&self) -> usize {

@@ -17,6 +17,7 @@ pub struct Layer {
     pub bq: Option<Vec<f32>>,
     pub bk: Option<Vec<f32>>,
     pub bv: Option<Vec<f32>>,
+    pub bo: Option<Vec<f32>>,
     pub ffn_norm: Vec<f32>,
     pub w_gate: Tensor,
     pub w_up: Tensor,
@@ -52,13 +53,18 @@ pub fn tensor_to_f32(t: &Tensor) -> Result<Vec<f32>, ModelError> {
 
 struct Loader<'a> {
     src: &'a ModelSource,
+    /// Names of the tensors taken so far.
+    used: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl Loader<'_> {
     fn get(&self, name: &str) -> Result<&Tensor, ModelError> {
-        self.src
+        let t = self
+            .src
             .tensor(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        self.used.borrow_mut().insert(name.to_string());
+        Ok(t)
     }
 
     /// A matrix with `cols` inputs and `rows` outputs, in a type frugal has kernels for.
@@ -108,7 +114,10 @@ impl Loader<'_> {
 
 impl Weights {
     pub fn from_source(src: &ModelSource, cfg: &ModelConfig) -> Result<Weights, ModelError> {
-        let l = Loader { src };
+        let l = Loader {
+            src,
+            used: Default::default(),
+        };
         let d = cfg.n_embd;
         let qd = cfg.n_head * cfg.head_dim;
         let kvd = cfg.kv_dim();
@@ -117,7 +126,7 @@ impl Weights {
             Some(_) => (l.matrix("output.weight", d, cfg.n_vocab)?, false),
             None => (token_embd.clone(), true),
         };
-        let mut layers = Vec::with_capacity(cfg.n_layer);
+        let mut layers = Vec::new();
         for i in 0..cfg.n_layer {
             let n = |s: &str| format!("blk.{i}.{s}");
             layers.push(Layer {
@@ -129,15 +138,29 @@ impl Weights {
                 bq: l.opt_vector(&n("attn_q.bias"), qd)?,
                 bk: l.opt_vector(&n("attn_k.bias"), kvd)?,
                 bv: l.opt_vector(&n("attn_v.bias"), kvd)?,
+                bo: l.opt_vector(&n("attn_output.bias"), d)?,
                 ffn_norm: l.vector(&n("ffn_norm.weight"), d)?,
                 w_gate: l.matrix(&n("ffn_gate.weight"), d, cfg.n_ff)?,
                 w_up: l.matrix(&n("ffn_up.weight"), d, cfg.n_ff)?,
                 w_down: l.matrix(&n("ffn_down.weight"), cfg.n_ff, d)?,
             });
         }
+        let output_norm = l.vector("output_norm.weight", d)?;
+        // A tensor the decoder does not use means a feature it does not
+        // implement: refuse rather than compute something else.
+        let used = l.used.borrow();
+        if let Some(t) = src.tensors.iter().find(|t| !used.contains(&t.name)) {
+            return Err(ModelError::BadTensor(
+                t.name.clone(),
+                format!(
+                    "not used by the {} decoder (an unsupported feature or layer)",
+                    cfg.arch.name()
+                ),
+            ));
+        }
         Ok(Weights {
             token_embd,
-            output_norm: l.vector("output_norm.weight", d)?,
+            output_norm,
             output,
             tied_output,
             layers,

@@ -101,7 +101,7 @@ fn tiny_model() -> ModelSource {
 #[test]
 fn decode_steps_allocate_nothing() {
     let m = Model::from_source(&tiny_model()).unwrap();
-    let mut kv = m.new_cache(64);
+    let mut kv = m.new_cache(64).unwrap();
     let mut st = m.new_state(8, false);
     // Warm up: a prefill and a few decode steps grow every buffer once.
     m.forward(&[1, 2, 3, 4], &mut kv, &mut st, Logits::Last)

@@ -136,7 +136,7 @@ fn replace(src: &mut ModelSource, name: &str, values: &[f32]) {
 
 /// Logits of every position, computed in one batch.
 fn batch_logits(m: &Model, toks: &[u32]) -> Vec<f32> {
-    let mut kv = m.new_cache(64);
+    let mut kv = m.new_cache(64).unwrap();
     let mut st = m.new_state(toks.len(), true);
     m.forward(toks, &mut kv, &mut st, Logits::All)
         .unwrap()
@@ -145,7 +145,7 @@ fn batch_logits(m: &Model, toks: &[u32]) -> Vec<f32> {
 
 /// Logits of every position, one token per call.
 fn step_logits(m: &Model, toks: &[u32]) -> Vec<f32> {
-    let mut kv = m.new_cache(64);
+    let mut kv = m.new_cache(64).unwrap();
     let mut st = m.new_state(1, false);
     let mut out = Vec::new();
     for &t in toks {
@@ -194,7 +194,7 @@ fn batched_prefill_matches_one_token_steps() {
 fn split_prefill_matches_single_prefill() {
     let m = Model::from_source(&build(&SMALL, 2)).unwrap();
     let whole = batch_logits(&m, &TOKENS);
-    let mut kv = m.new_cache(64);
+    let mut kv = m.new_cache(64).unwrap();
     let mut st = m.new_state(8, true);
     m.forward(&TOKENS[..5], &mut kv, &mut st, Logits::All)
         .unwrap();
@@ -341,7 +341,7 @@ fn missing_and_misshapen_tensors_are_named() {
 #[test]
 fn context_overflow_and_bad_tokens_are_errors() {
     let m = Model::from_source(&build(&SMALL, 8)).unwrap();
-    let mut kv = m.new_cache(4);
+    let mut kv = m.new_cache(4).unwrap();
     let mut st = m.new_state(8, false);
     let err = m
         .forward(&TOKENS[..5], &mut kv, &mut st, Logits::Last)
@@ -359,4 +359,53 @@ fn context_overflow_and_bad_tokens_are_errors() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("999"));
+}
+
+#[test]
+fn unknown_tensors_and_rope_scaling_are_refused() {
+    // A tensor the decoder would ignore (here a mixture-of-experts router).
+    let mut src = build(&SMALL, 9);
+    src.tensors.push(Tensor::from_f32(
+        "blk.0.ffn_gate_inp.weight",
+        vec![SMALL.d, 4],
+        &vec![0.0; SMALL.d * 4],
+    ));
+    let err = Model::from_source(&src).err().unwrap().to_string();
+    assert!(err.contains("blk.0.ffn_gate_inp.weight"), "{err}");
+
+    let mut src = build(&SMALL, 9);
+    src.tensors
+        .push(Tensor::from_f32("rope_freqs.weight", vec![8], &[1.0; 8]));
+    let err = Model::from_source(&src).err().unwrap().to_string();
+    assert!(err.contains("rope_freqs"), "{err}");
+}
+
+#[test]
+fn output_bias_is_applied() {
+    let mut with = build(&SMALL, 10);
+    let bias: Vec<f32> = (0..SMALL.d).map(|i| (i as f32 * 0.37).sin()).collect();
+    for l in 0..SMALL.layers {
+        with.tensors.push(Tensor::from_f32(
+            format!("blk.{l}.attn_output.bias"),
+            vec![SMALL.d],
+            &bias,
+        ));
+    }
+    let a = batch_logits(&Model::from_source(&with).unwrap(), &TOKENS);
+    let b = batch_logits(&Model::from_source(&build(&SMALL, 10)).unwrap(), &TOKENS);
+    assert!(max_abs_diff(&a, &b) > 1e-3);
+}
+
+#[test]
+fn a_cache_for_another_model_is_an_error() {
+    let small = Model::from_source(&build(&SMALL, 11)).unwrap();
+    let other = Model::from_source(&build(&Spec { layers: 3, ..SMALL }, 11)).unwrap();
+    let mut kv = other.new_cache(16).unwrap();
+    let mut st = small.new_state(4, false);
+    let err = small
+        .forward(&[1], &mut kv, &mut st, Logits::Last)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("different model"), "{err}");
+    assert!(small.new_cache(usize::MAX / 2).is_err());
 }

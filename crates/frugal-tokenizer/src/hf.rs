@@ -38,6 +38,9 @@ pub(crate) struct HfTokenizer {
 
 const BOS_NAMES: &[&str] = &["<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>"];
 const EOS_NAMES: &[&str] = &["<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>"];
+/// Largest vocabulary a tokenizer.json may declare (ids beyond it are ignored).
+const MAX_VOCAB: usize = 1 << 22;
+
 const EOG_NAMES: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
@@ -80,10 +83,13 @@ impl HfTokenizer {
             .copied()
             .max()
             .map_or(0, |m| m as usize + 1);
-        let n = n.max(max_id);
+        // Ids come from the file: never size tables beyond a sane vocabulary.
+        let n = n.max(max_id).min(MAX_VOCAB);
         let mut texts = vec![String::new(); n];
         for (t, id) in tk.get_vocab(true) {
-            texts[id as usize] = t;
+            if (id as usize) < n {
+                texts[id as usize] = t;
+            }
         }
         let mut special = vec![false; n];
         for (id, t) in tk.get_added_tokens_decoder() {

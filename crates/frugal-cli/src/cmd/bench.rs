@@ -36,6 +36,10 @@ pub fn run(a: Args) -> Result<()> {
     let quiet = a.quiet || a.json;
     let lm = a.model.load(quiet)?;
     let model = &lm.model;
+    let limit = model.config.n_ctx_train;
+    if a.prompt > limit || a.gen > limit {
+        bail!("-p and -n must be at most the model's context of {limit} tokens");
+    }
     let cfg = BenchConfig {
         prompt_tokens: a.prompt,
         gen_tokens: a.gen,

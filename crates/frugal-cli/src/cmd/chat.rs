@@ -4,7 +4,7 @@
 //! cache for the prefix that is unchanged, and runs only the new tokens.
 
 use crate::common::{ModelArgs, SamplingArgs};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use frugal_model::Sampler;
 use frugal_tokenizer::chat::{render_chat_ref, ChatMessage, ChatTemplate};
 use std::io::{BufRead, IsTerminal, Write};
@@ -36,7 +36,7 @@ pub fn run(a: Args) -> Result<()> {
     let model = &lm.model;
     let template = ChatTemplate::from_metadata(&lm.source.metadata)?;
     let n_ctx = a.ctx.unwrap_or(model.config.n_ctx_train.min(4096));
-    let mut kv = model.new_cache(n_ctx);
+    let mut kv = model.new_cache(n_ctx)?;
     let mut st = model.new_state(512, false);
     let mut sampler = Sampler::new(sampler_cfg);
     let mut messages: Vec<ChatMessage> = Vec::new();
@@ -66,7 +66,12 @@ pub fn run(a: Args) -> Result<()> {
         let rendered = render_chat_ref(&template, &messages, true);
         let tokens = tok.encode(&rendered, true, true);
         if tokens.len() + 1 >= n_ctx {
-            bail!("the conversation no longer fits in the context of {n_ctx} tokens (use --ctx)");
+            messages.pop();
+            eprintln!(
+                "error: the conversation no longer fits in the context of {n_ctx} tokens; \
+                 start again with a larger --ctx"
+            );
+            continue;
         }
         // Reuse the cached prefix; run only what changed.
         let common = cached
@@ -101,7 +106,9 @@ pub fn run(a: Args) -> Result<()> {
                 true
             },
         )?;
-        writeln!(out)?;
+        let rest = stream.finish();
+        reply.push_str(&rest);
+        writeln!(out, "{rest}")?;
         cached.extend_from_slice(new);
         // The cache holds every reply token that was run through the model
         // (the last sampled one is not, unless generation stopped at EOG).

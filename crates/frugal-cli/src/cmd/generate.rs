@@ -3,7 +3,6 @@
 
 use crate::common::{mib, peak_rss_bytes, ModelArgs, SamplingArgs};
 use anyhow::{bail, Result};
-use frugal_model::load::ModelFormat;
 use frugal_model::Sampler;
 use serde_json::json;
 use std::io::Write;
@@ -40,22 +39,19 @@ pub fn run(a: Args) -> Result<()> {
     if prompt.is_empty() {
         bail!("the prompt is empty and the model adds no BOS token: give --prompt");
     }
+    let wanted = prompt.len().saturating_add(a.n.max(1));
     let n_ctx = a
         .ctx
-        .unwrap_or((prompt.len() + a.n).min(model.config.n_ctx_train.max(prompt.len() + 1)));
+        .unwrap_or(wanted.min(model.config.n_ctx_train.max(prompt.len() + 1)));
     if prompt.len() >= n_ctx {
         bail!(
             "the prompt has {} tokens but the context holds {n_ctx}: raise --ctx",
             prompt.len()
         );
     }
-    let mut kv = model.new_cache(n_ctx);
+    let mut kv = model.new_cache(n_ctx)?;
     let mut st = model.new_state(prompt.len().min(512), false);
     let mut sampler = Sampler::new(sampler_cfg);
-    // llama2.c checkpoints mark the end of a story with BOS.
-    let bos_stops = lm.format == ModelFormat::Llama2c;
-    let bos = tok.bos_id();
-    let is_stop = |t: u32| tok.is_eog(t) || (bos_stops && Some(t) == bos);
 
     let mut out = std::io::stdout().lock();
     let mut stream = tok.stream_decoder();
@@ -70,7 +66,7 @@ pub fn run(a: Args) -> Result<()> {
         &mut sampler,
         &mut kv,
         &mut st,
-        is_stop,
+        |t| tok.is_eog(t),
         |t| {
             let piece = stream.push_token(tok, t);
             if a.json {
@@ -82,6 +78,14 @@ pub fn run(a: Args) -> Result<()> {
             true
         },
     )?;
+    // A character cut short by the token limit still prints (as U+FFFD).
+    let rest = stream.finish();
+    if a.json {
+        text.push_str(&rest);
+    } else {
+        out.write_all(rest.as_bytes())?;
+        out.flush()?;
+    }
     let peak = peak_rss_bytes().unwrap_or(0);
     if a.json {
         let j = json!({
