@@ -306,6 +306,10 @@ fn attention(
     let scale = 1.0 / (hd as f32).sqrt();
     let n_head = c.n_head;
     let n_ctx = kc.len() / kvd;
+    // The F32 dot product of the kernels crate: SIMD where the CPU has it.
+    let dot = frugal_kernels::traits(GgmlType::F32)
+        .expect("F32 kernels are always registered")
+        .vec_dot;
     let one = |(i, o): (usize, &mut [f32])| {
         let (t, h) = (i / n_head, i % n_head);
         let kvh = h / group;
@@ -319,7 +323,8 @@ fn attention(
             }
             let s = &mut s[..=p];
             for (j, sj) in s.iter_mut().enumerate() {
-                *sj = dot(qh, &kc[j * kvd + kvh * hd..][..hd]) * scale;
+                let k = &kc[j * kvd + kvh * hd..][..hd];
+                *sj = dot(hd, bytemuck::cast_slice(k), bytemuck::cast_slice(qh)) * scale;
             }
             softmax(s);
             o.fill(0.0);
@@ -382,20 +387,6 @@ pub fn softmax(x: &mut [f32]) {
     for v in x.iter_mut() {
         *v *= inv;
     }
-}
-
-/// Dot product with independent partial sums, so the compiler can vectorize it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 fn axpy(o: &mut [f32], w: f32, v: &[f32]) {
