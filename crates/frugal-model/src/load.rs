@@ -106,9 +106,20 @@ pub fn load_tokenizer(
 
 /// Open a model and its tokenizer.
 pub fn load(path: &Path, tokenizer: Option<&Path>) -> Result<LoadedModel, ModelError> {
-    let (source, format) = load_source(path)?;
+    let (mut source, format) = load_source(path)?;
     let model = Model::from_source(&source)?;
     let tokenizer = load_tokenizer(&source, model.config.n_vocab, tokenizer)?;
+    // The tokenizer now holds the vocabulary; drop the metadata's copy (tens
+    // of thousands of strings) so it does not count against the memory budget.
+    source.metadata.entries.retain(|(k, _)| {
+        !matches!(
+            k.as_str(),
+            "tokenizer.ggml.tokens"
+                | "tokenizer.ggml.scores"
+                | "tokenizer.ggml.token_type"
+                | "tokenizer.ggml.merges"
+        )
+    });
     let file_bytes = disk_size(path);
     Ok(LoadedModel {
         model,
