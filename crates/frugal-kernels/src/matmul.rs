@@ -12,9 +12,15 @@
 //! Kernels: on AVX-512 CPUs the legacy formats (Q4_0, Q4_1, Q5_0, Q5_1,
 //! Q8_0) go through a micro-kernel that decodes four weight blocks once and
 //! applies them to up to 8 tokens (`legacy::avx512`), over row blocks that
-//! stay in L2 while all tokens pass. Every other type (floats, k-quants, …)
+//! stay in L2 while all tokens pass; for one token (decode) they go through
+//! a matrix-vector kernel (`legacy::avx512::gemv`) that takes four rows at
+//! once, sharing each activation load, reduces their block sums together and
+//! prefetches the weights well ahead. Every other type (floats, k-quants, …)
 //! runs its traits `vec_dot` per (row, token), in blocks of 16 rows that
-//! stay in cache across all tokens.
+//! stay in cache across all tokens (prefetching the next block for one token).
+//!
+//! [`matmul_many`] runs several matrices that read the same activations
+//! (Q/K/V, gate/up) in one parallel region, saving the pool's wake-ups.
 //!
 //! Threads: the pool is rayon's current one (the global pool, or the one a
 //! caller `install`ed). Calling [`matmul`] from a thread outside the pool
@@ -176,6 +182,7 @@ impl OutPtr {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Kernel {
     /// The AVX-512 micro-kernel for a legacy type (its code in `legacy::avx512`).
     #[cfg(target_arch = "x86_64")]
@@ -183,6 +190,9 @@ enum Kernel {
     /// The traits' dot product per (row, token).
     Dot(VecDot),
 }
+
+/// The least weight bytes × tokens worth a task of its own.
+const MIN_TASK_BYTES: usize = 32 * 1024;
 
 /// Rows per task: 2–4 tasks per thread, multiples of 16 rows, and never a
 /// task under ~32 KiB of weights (too small to be worth a thread hop).
@@ -192,7 +202,7 @@ fn chunk_rows(rows: usize, row_bytes: usize, n_tok: usize, threads: usize) -> us
     }
     let per_thread = if n_tok == 1 { 2 } else { 4 };
     let mut chunk = rows.div_ceil(threads * per_thread);
-    let min_rows = (32 * 1024 / (row_bytes * n_tok).max(1)).max(1);
+    let min_rows = (MIN_TASK_BYTES / (row_bytes * n_tok).max(1)).max(1);
     chunk = chunk.max(min_rows);
     chunk.div_ceil(16) * 16
 }
@@ -200,6 +210,26 @@ fn chunk_rows(rows: usize, row_bytes: usize, n_tok: usize, threads: usize) -> us
 /// out[t * w.rows + r] = dot(row r of w, activation row t). Parallel over rows
 /// with rayon. Panics only on programmer error (mismatched dims/types).
 pub fn matmul(w: &QMatrix, acts: &QuantizedActs, out: &mut [f32]) {
+    matmul_many(&[w], acts, &mut [out]);
+}
+
+/// Most matrices [`matmul_many`] takes in one parallel region.
+const MANY_MAX: usize = 8;
+
+/// One matrix of a [`matmul_many`] call.
+#[derive(Clone, Copy)]
+struct Part<'a> {
+    w: QMatrix<'a>,
+    kernel: Kernel,
+    row_bytes: usize,
+    out: OutPtr,
+    /// Rows per task, and the index of this matrix's first task.
+    chunk: usize,
+    first: usize,
+}
+
+/// Checks one matrix against the activations and its output; returns its row bytes.
+fn check(w: &QMatrix, acts: &QuantizedActs, out: &[f32]) -> usize {
     let tr = traits(w.ty).unwrap_or_else(|| panic!("matmul: no kernels for {}", w.ty));
     assert_eq!(
         acts.dot_ty, tr.vec_dot_type,
@@ -212,29 +242,64 @@ pub fn matmul(w: &QMatrix, acts: &QuantizedActs, out: &mut [f32]) {
     );
     let row_bytes = w.row_bytes();
     assert_eq!(w.data.len(), w.rows * row_bytes, "matmul: weight bytes");
-    let n_tok = acts.n_tok;
-    let rows = w.rows;
-    assert_eq!(out.len(), n_tok * rows, "matmul: output length");
-    if rows == 0 || n_tok == 0 {
+    assert_eq!(out.len(), acts.n_tok * w.rows, "matmul: output length");
+    row_bytes
+}
+
+/// `matmul(ws[i], acts, outs[i])` for every `i`: matrices that read the same
+/// activations (Q, K and V; gate and up) in one parallel region, their row
+/// chunks spread over the pool together. Results are bit-identical to
+/// separate [`matmul`] calls.
+pub fn matmul_many(ws: &[&QMatrix], acts: &QuantizedActs, outs: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), outs.len(), "matmul_many: one output per matrix");
+    if ws.len() > MANY_MAX {
+        for (w, out) in ws.chunks(MANY_MAX).zip(outs.chunks_mut(MANY_MAX)) {
+            matmul_many(w, acts, out);
+        }
         return;
     }
-
-    let kernel = pick_kernel(w.ty, acts, tr.vec_dot);
-    let outp = OutPtr(out.as_mut_ptr());
-    let run = |r0: usize, r1: usize| {
-        // SAFETY: this call writes only out[t * rows + r] for r in r0..r1 and
-        // t < n_tok, in bounds by the length check above; tasks get disjoint
-        // row ranges and `out` is borrowed mutably for the whole call.
-        unsafe { run_rows(&kernel, w, row_bytes, acts, r0, r1, outp.get()) }
+    let n_tok = acts.n_tok;
+    let threads = rayon::current_num_threads();
+    let mut parts: [Option<Part>; MANY_MAX] = [None; MANY_MAX];
+    let mut total = 0;
+    let mut work = 0;
+    for (i, (w, out)) in ws.iter().zip(outs.iter_mut()).enumerate() {
+        let row_bytes = check(w, acts, out);
+        let tr = traits(w.ty).expect("checked");
+        if w.rows == 0 || n_tok == 0 {
+            continue;
+        }
+        let chunk = chunk_rows(w.rows, row_bytes, n_tok, threads);
+        parts[i] = Some(Part {
+            w: **w,
+            kernel: pick_kernel(w.ty, acts, tr.vec_dot),
+            row_bytes,
+            out: OutPtr(out.as_mut_ptr()),
+            chunk,
+            first: total,
+        });
+        total += w.rows.div_ceil(chunk);
+        work += w.rows * row_bytes * n_tok;
+    }
+    let run = |c: usize| {
+        let p = parts
+            .iter()
+            .flatten()
+            .rfind(|p| p.first <= c)
+            .expect("task of some matrix");
+        let r0 = (c - p.first) * p.chunk;
+        let r1 = (r0 + p.chunk).min(p.w.rows);
+        // SAFETY: this call writes only out[t * rows + r] of matrix `p` for r
+        // in r0..r1 and t < n_tok, in bounds by `check`; tasks get disjoint
+        // row ranges and every output is borrowed mutably for the whole call.
+        unsafe { run_rows(&p.kernel, &p.w, p.row_bytes, acts, r0, r1, p.out.get()) }
     };
-    let chunk = chunk_rows(rows, row_bytes, n_tok, rayon::current_num_threads());
-    let nchunks = rows.div_ceil(chunk);
-    if nchunks <= 1 {
-        run(0, rows);
+    // Small matrices that each fit one task stay on this thread together
+    // unless there is work for two tasks in all.
+    if total <= 1 || work <= 2 * MIN_TASK_BYTES {
+        (0..total).for_each(run);
     } else {
-        (0..nchunks)
-            .into_par_iter()
-            .for_each(|c| run(c * chunk, ((c + 1) * chunk).min(rows)));
+        (0..total).into_par_iter().for_each(run);
     }
 }
 
@@ -280,14 +345,30 @@ unsafe fn run_rows(
             // activations packed from this weight type's dot type (checked in
             // `matmul`), of `cols / 32` blocks per row like the weights;
             // `matmul` checked the weight bytes (rows * row_bytes); the
-            // output contract is ours.
-            unsafe { crate::legacy::avx512::tile(code, &g) }
+            // output contract is ours (one token: `gemv`, same contract).
+            unsafe {
+                if n_tok == 1 && crate::legacy::avx512::gemv_available() {
+                    crate::legacy::avx512::gemv(code, &g)
+                } else {
+                    crate::legacy::avx512::tile(code, &g)
+                }
+            }
         }
         Kernel::Dot(dot) => {
             const RB: usize = 16;
             let mut rb = r0;
             while rb < r1 {
                 let re = (rb + RB).min(r1);
+                if n_tok == 1 {
+                    // One token streams the weights once: fetch the next
+                    // row block while this one is computed.
+                    let ahead = w.data.as_ptr().wrapping_add(re * row_bytes);
+                    let mut off = 0;
+                    while off < (re - rb) * row_bytes {
+                        prefetch(ahead.wrapping_add(off));
+                        off += 64;
+                    }
+                }
                 for t in 0..n_tok {
                     let a = acts.row(t);
                     for r in rb..re {
@@ -322,4 +403,15 @@ pub fn matmul_ref(w: &QMatrix, acts: &QuantizedActs, out: &mut [f32]) {
             out[t * w.rows + r] = (tr.vec_dot_ref)(w.cols, w.row(r), acts.row(t));
         }
     }
+}
+
+/// Hints the CPU to bring the cache line at `p` into L1 (any address).
+#[inline]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of the x86-64 baseline; a prefetch only hints the
+    // cache and never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
 }

@@ -88,6 +88,11 @@ fn bench_matvec_and_prefill() {
             (GgmlType::Q4_1, 576, 576),
             (GgmlType::Q8_0, 1536, 576),
             (GgmlType::Q8_0, 49152, 576),
+            (GgmlType::Q5_0, 4864, 896),
+            (GgmlType::Q5_0, 896, 4864),
+            (GgmlType::Q5_0, 896, 896),
+            (GgmlType::Q4_0, 896, 896),
+            (GgmlType::Q5_1, 896, 896),
         ] {
             let data = matrix(ty, rows, cols, &mut r);
             let w = QMatrix::new(ty, rows, cols, &data);

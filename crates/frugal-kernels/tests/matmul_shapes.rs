@@ -3,12 +3,64 @@
 
 mod matmul_common;
 use frugal_formats::GgmlType;
-use frugal_kernels::matmul::{matmul, QMatrix, QuantizedActs};
+use frugal_kernels::matmul::{matmul, matmul_many, QMatrix, QuantizedActs};
+use frugal_kernels::traits::traits;
 use matmul_common::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 
 #[test]
 fn matmul_matches_naive_and_reference() {
     check_all(100);
+}
+
+/// `matmul_many` gives bit-identical results to separate `matmul` calls, for
+/// matrices of different types (same activation type) and row counts
+/// (including ones that are not multiples of 4 or 16), 1 and 2 threads.
+#[test]
+fn matmul_many_matches_separate_calls() {
+    let mut r = StdRng::seed_from_u64(102);
+    for group in [
+        [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0],
+        [GgmlType::Q4_1, GgmlType::Q5_1, GgmlType::Q4_1],
+    ] {
+        for cols in [32usize, 160, 576] {
+            let cases: Vec<_> = group
+                .iter()
+                .zip([37usize, 300, 5])
+                .map(|(&ty, rows)| make_case(ty, rows, cols, &mut r))
+                .collect();
+            let ws: Vec<QMatrix> = cases
+                .iter()
+                .map(|c| QMatrix::new(c.ty, c.rows, c.cols, &c.wbytes))
+                .collect();
+            let refs: Vec<&QMatrix> = ws.iter().collect();
+            for n_tok in [1usize, 3, 17] {
+                let x = acts(n_tok, cols, &mut r);
+                let mut qa = QuantizedActs::new();
+                qa.quantize(traits(group[0]).unwrap().vec_dot_type, &x, n_tok, cols);
+                for threads in [1, 2] {
+                    let mut sep: Vec<Vec<f32>> =
+                        ws.iter().map(|w| vec![f32::NAN; n_tok * w.rows]).collect();
+                    let mut many = sep.clone();
+                    pool(threads).install(|| {
+                        for (w, o) in ws.iter().zip(&mut sep) {
+                            matmul(w, &qa, o);
+                        }
+                        let mut outs: Vec<&mut [f32]> =
+                            many.iter_mut().map(|v| v.as_mut_slice()).collect();
+                        matmul_many(&refs, &qa, &mut outs);
+                    });
+                    for (a, b) in sep.iter().zip(&many) {
+                        assert!(
+                            a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{group:?} cols={cols} n_tok={n_tok} threads={threads}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[test]

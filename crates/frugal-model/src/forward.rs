@@ -9,7 +9,7 @@
 use crate::weights::{qmatrix, Weights};
 use crate::{KvCache, ModelConfig, ModelError, RopeStyle};
 use frugal_formats::{GgmlType, ModelSource, Tensor};
-use frugal_kernels::matmul::{matmul, QuantizedActs};
+use frugal_kernels::matmul::{matmul, matmul_many, QMatrix, QuantizedActs};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -62,6 +62,47 @@ impl ActCache {
             slot.2 = true;
         }
         matmul(&qm, &slot.1, &mut out[..n * qm.rows]);
+    }
+
+    /// [`ActCache::matmul`] for several matrices reading the same `x`: one
+    /// parallel region when they share an activation type.
+    fn matmul_many(&mut self, ws: &[&Tensor], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
+        let dot_ty = |w: &Tensor| {
+            frugal_kernels::traits(w.ty)
+                .expect("weights are checked for kernels at load")
+                .vec_dot_type
+        };
+        if ws.len() > 3 || ws.iter().any(|w| dot_ty(w) != dot_ty(ws[0])) {
+            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                self.matmul(w, x, n, out);
+            }
+            return;
+        }
+        // Quantizes x once (into the cache slot) through the first matrix.
+        let q0 = qmatrix(ws[0]);
+        let i = match self.slots.iter().position(|s| s.0 == dot_ty(ws[0])) {
+            Some(i) => i,
+            None => {
+                self.slots
+                    .push((dot_ty(ws[0]), QuantizedActs::new(), false));
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[i];
+        if !slot.2 {
+            slot.1.quantize(slot.0, &x[..n * q0.cols], n, q0.cols);
+            slot.2 = true;
+        }
+        let mut qms = [q0; 3];
+        for (q, w) in qms.iter_mut().zip(ws) {
+            *q = qmatrix(w);
+        }
+        for (o, q) in outs.iter_mut().zip(&qms) {
+            let full = std::mem::take(o);
+            *o = &mut full[..n * q.rows];
+        }
+        let refs: [&QMatrix; 3] = [&qms[0], &qms[1], &qms[2]];
+        matmul_many(&refs[..ws.len()], &slot.1, outs);
     }
 }
 
@@ -197,9 +238,12 @@ impl Model {
                 &mut st.xn[..n * d],
             );
             st.acts.invalidate();
-            st.acts.matmul(&layer.wq, &st.xn, n, &mut st.q);
-            st.acts.matmul(&layer.wk, &st.xn, n, &mut st.k);
-            st.acts.matmul(&layer.wv, &st.xn, n, &mut st.v);
+            st.acts.matmul_many(
+                &[&layer.wq, &layer.wk, &layer.wv],
+                &st.xn,
+                n,
+                &mut [&mut st.q, &mut st.k, &mut st.v],
+            );
             add_bias(&mut st.q[..n * qd], layer.bq.as_deref());
             add_bias(&mut st.k[..n * kvd], layer.bk.as_deref());
             add_bias(&mut st.v[..n * kvd], layer.bv.as_deref());
@@ -222,8 +266,12 @@ impl Model {
                 &mut st.xn[..n * d],
             );
             st.acts.invalidate();
-            st.acts.matmul(&layer.w_gate, &st.xn, n, &mut st.gate);
-            st.acts.matmul(&layer.w_up, &st.xn, n, &mut st.up);
+            st.acts.matmul_many(
+                &[&layer.w_gate, &layer.w_up],
+                &st.xn,
+                n,
+                &mut [&mut st.gate, &mut st.up],
+            );
             swiglu(&mut st.gate[..n * ff], &st.up[..n * ff]);
             st.acts.invalidate();
             st.acts.matmul(&layer.w_down, &st.gate, n, &mut st.xn);

@@ -8,6 +8,12 @@
 //!   pre-arranged in [`ActQuad`]s (see `super::packed`), decodes four weight
 //!   blocks ("a quad") into two registers once, and applies them to up to 8
 //!   tokens while they are in registers.
+//! * `gemv`: the one-token kernel (also BITALG + VBMI). Four rows at a time:
+//!   each activation quad is loaded once for the four, the integer block
+//!   sums of the four rows are transposed together so that one conversion
+//!   and one FMA per quad apply all 16 (row, block) scales (gathered with a
+//!   single byte permute per row pair), Q5 high bits come from
+//!   `vpshufbitqmb`, and each row is prefetched 4 KiB ahead.
 //!
 //! Signed weights (Q4_0, Q5_0 and Q8_0) are fed to `vpdpbusd` (unsigned ×
 //! signed) biased to unsigned — nibbles as stored, Q8_0 xor 0x80 — and the
@@ -802,4 +808,495 @@ pub(crate) unsafe fn tile(ty: u8, g: &TileArgs) {
             _ => tile_typed::<Q8_0>(g),
         }
     }
+}
+
+// ---------------------------------------------------------------- matrix-vector kernel
+
+/// Rows decoded together by the one-token kernel: each activation quad is
+/// loaded once for all of them, and their accumulators are independent.
+const GEMV_ROWS: usize = 4;
+
+/// Bytes ahead of the current quad that the one-token kernel prefetches in each row.
+/// Far enough to cover the memory latency several rows ahead (a near
+/// prefetch, 512 bytes, gains nothing over the hardware prefetchers; this
+/// one is worth ~30% of decode speed on models that do not fit in L2).
+const GEMV_PREFETCH: usize = 4096;
+
+/// Applies the decoded quads of `R` rows to one activation quad.
+///
+/// # Safety
+/// As [`apply`] for one token.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn apply_rows<const TY: u8, const R: usize>(
+    wq: &[Quad; R],
+    a: Acts,
+    acc: &mut [__m512; R],
+    accm: &mut [__m512; R],
+) {
+    // SAFETY: caller contract; all fields are read with unaligned loads
+    // inside the pointed-to structs.
+    unsafe {
+        let aq = a.quads;
+        let init = if bias(TY) != 0 {
+            _mm512_loadu_si512(a.corr.cast())
+        } else {
+            _mm512_setzero_si512()
+        };
+        let a_lo = _mm512_loadu_si512((*aq).qs.as_ptr().cast());
+        let a_hi = _mm512_loadu_si512((*aq).qs.as_ptr().add(64).cast());
+        let ad16 = _mm512_loadu_ps((*aq).d16.as_ptr());
+        let s16 = if has_min(TY) {
+            _mm512_loadu_ps(a.s16.cast())
+        } else {
+            _mm512_setzero_ps()
+        };
+        for i in 0..R {
+            let s = _mm512_dpbusd_epi32(init, wq[i].lo, a_lo);
+            let s = _mm512_dpbusd_epi32(s, wq[i].hi, a_hi);
+            let sc = _mm512_mul_ps(wq[i].dw16, ad16);
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[i]);
+            if has_min(TY) {
+                accm[i] = _mm512_fmadd_ps(wq[i].mw16, s16, accm[i]);
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn zero_quad() -> Quad {
+    Quad {
+        lo: _mm512_setzero_si512(),
+        hi: _mm512_setzero_si512(),
+        dw16: _mm512_setzero_ps(),
+        mw16: _mm512_setzero_ps(),
+    }
+}
+
+/// Dot products of `R` consecutive weight rows (from `w`, `row_bytes` apart)
+/// with one token's activations.
+///
+/// # Safety
+/// Features available; `w` holds `R` rows of `nb` blocks of `TY`, `row_bytes`
+/// apart; `a` (quad 0) satisfies [`apply`]'s contract for one token and every
+/// quad `q < ceil(nb / 4)`.
+#[target_feature(
+    enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bitalg,avx512vbmi,avx2,fma,f16c"
+)]
+#[inline]
+unsafe fn rows_dot<const TY: u8, const R: usize>(
+    w: *const u8,
+    row_bytes: usize,
+    nb: usize,
+    a: Acts,
+) -> [__m512; R] {
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut accm = [_mm512_setzero_ps(); R];
+    let full = nb / 4;
+    let qb = quad_bytes(TY);
+    for q in 0..full {
+        // SAFETY: quad q < nb/4 is inside each row; act quad q exists
+        // (contract). Prefetches never fault, whatever the address.
+        unsafe {
+            let mut wq = [zero_quad(); R];
+            for (i, wq) in wq.iter_mut().enumerate() {
+                let p = w.add(i * row_bytes + q * qb);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(GEMV_PREFETCH).cast());
+                *wq = decode::<TY>(p, 4);
+            }
+            apply_rows::<TY, R>(&wq, a.at(q), &mut acc, &mut accm);
+        }
+    }
+    let rem = nb - full * 4;
+    if rem > 0 {
+        // The last blocks as a partial quad (missing blocks read as zero, and
+        // meet zero activation padding).
+        // SAFETY: `rem` blocks remain in each row; act quad `full` exists.
+        unsafe {
+            let mut wq = [zero_quad(); R];
+            for (i, wq) in wq.iter_mut().enumerate() {
+                *wq = decode::<TY>(w.add(i * row_bytes + full * qb), rem);
+            }
+            apply_rows::<TY, R>(&wq, a.at(full), &mut acc, &mut accm);
+        }
+    }
+    if has_min(TY) {
+        for (a, m) in acc.iter_mut().zip(accm) {
+            *a = _mm512_add_ps(*a, m);
+        }
+    }
+    acc
+}
+
+#[target_feature(
+    enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bitalg,avx512vbmi,avx2,fma,f16c"
+)]
+unsafe fn gemv_typed<const TY: u8>(g: &TileArgs) {
+    let p = g.acts;
+    let extra = if has_min(TY) {
+        p.s16.len()
+    } else {
+        p.corr[corr_index(TY)].len()
+    };
+    assert_eq!(extra, p.quads.len(), "activations packed for another type");
+    assert_eq!(p.n_tok, 1, "gemv: one token");
+    let corr = if bias(TY) != 0 {
+        p.corr[corr_index(TY)].as_ptr()
+    } else {
+        std::ptr::null()
+    };
+    let a = Acts {
+        quads: p.quads.as_ptr(),
+        corr,
+        s16: p.s16.as_ptr(),
+        nq: p.nq,
+    };
+    let mut r = g.rows.start;
+    while r + GEMV_ROWS <= g.rows.end {
+        // SAFETY: rows r..r+4 lie inside g.rows, inside `w`; token 0 has
+        // packed act rows with this type's extras (checked above); the
+        // outputs out[r..r+4] (token 0) are in bounds and owned by this call
+        // (caller contract of `gemv`).
+        unsafe {
+            let v = rows4_dot::<TY>(g.w.add(r * g.row_bytes), g.row_bytes, p.nb, a);
+            _mm_storeu_ps(g.out.add(r), v);
+        }
+        r += GEMV_ROWS;
+    }
+    while r < g.rows.end {
+        // SAFETY: as above, for row r alone.
+        unsafe {
+            let acc = rows_dot::<TY, 1>(g.w.add(r * g.row_bytes), g.row_bytes, p.nb, a);
+            *g.out.add(r) = _mm512_reduce_add_ps(acc[0]);
+        }
+        r += 1;
+    }
+}
+
+/// Whether this CPU can run [`gemv`]: [`available`] plus AVX-512 BITALG and VBMI.
+pub(crate) fn gemv_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        available()
+            && is_x86_feature_detected!("avx512bitalg")
+            && is_x86_feature_detected!("avx512vbmi")
+    })
+}
+
+/// The one-token (matrix-vector) kernel: `out[r] = dot(weight row r, token
+/// 0)` for `r` in `g.rows`, four rows at a time.
+///
+/// # Safety
+/// As [`tile`], with `g.acts` holding exactly one token, and
+/// [`gemv_available`].
+pub(crate) unsafe fn gemv(ty: u8, g: &TileArgs) {
+    assert_eq!(g.acts.quads.len(), g.acts.nq, "packed activations");
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        match ty {
+            Q4_0 => gemv_typed::<Q4_0>(g),
+            Q4_1 => gemv_typed::<Q4_1>(g),
+            Q5_0 => gemv_typed::<Q5_0>(g),
+            Q5_1 => gemv_typed::<Q5_1>(g),
+            _ => gemv_typed::<Q8_0>(g),
+        }
+    }
+}
+
+/// A vpermt2w index vector as the equivalent vpermt2b one (word i: bytes
+/// 2i, 2i+1), which is one µop where vpermt2w is three on Intel cores.
+const fn word_to_byte_index(v: __m512i) -> __m512i {
+    // SAFETY: __m512i and [u16; 32] have the same size and no invalid bit patterns.
+    let w: [u16; 32] = unsafe { std::mem::transmute::<__m512i, [u16; 32]>(v) };
+    let mut b = [0u8; 64];
+    let mut i = 0;
+    while i < 32 {
+        b[2 * i] = (2 * w[i]) as u8;
+        b[2 * i + 1] = (2 * w[i] + 1) as u8;
+        i += 1;
+    }
+    // SAFETY: as above, for [u8; 64].
+    unsafe { std::mem::transmute::<[u8; 64], __m512i>(b) }
+}
+
+/// Word position of block `k`'s scale `d` (`m`: its minimum) in the word
+/// source [`decode_raw`] returns.
+const fn scale_word(ty: u8, k: u16, m: bool) -> u16 {
+    let m = if m && has_min(ty) { 1 } else { 0 };
+    match ty {
+        Q4_0 => 9 * k,
+        Q4_1 => 10 * k + m,
+        Q5_0 | Q5_1 => 8 * k + 2 + m, // in the gemv meta
+        _ => k,                       // Q8_0 (dbits)
+    }
+}
+
+/// vpermt2w indices gathering, from the word sources of rows `2 * pair` and
+/// `2 * pair + 1`, the scale of (row r, block k) into word `4k + r` and its
+/// minimum into word `16 + 4k + r` (other words: don't care).
+const fn scale_gather(ty: u8, pair: u16) -> __m512i {
+    let mut a = [0u16; 32];
+    let mut w = 0;
+    while w < 32 {
+        let j = (w % 16) as u16;
+        let (k, r) = (j / 4, j % 4);
+        let pos = scale_word(ty, k, w >= 16);
+        if r == 2 * pair {
+            a[w] = pos;
+        } else if r == 2 * pair + 1 {
+            a[w] = 32 + pos;
+        }
+        w += 1;
+    }
+    c16(a)
+}
+
+/// Lane i takes lane `4 * (i / 4)`: block k's Q8_1 sum (lane 4k of `s16`) to lanes 4k..4k+4.
+const SPREAD_S: __m512i = c32([0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12]);
+
+/// Decodes the first `nblk` (1..=4) blocks of `TY` at `p` (missing blocks
+/// read as zero): the quants as [`Quad::lo`]/[`Quad::hi`], and a register
+/// whose words hold the scales (and minimums) at [`scale_word`].
+///
+/// # Safety
+/// As [`decode`].
+#[target_feature(
+    enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bitalg,avx512vbmi,avx2,fma,f16c"
+)]
+#[inline]
+unsafe fn decode_raw<const TY: u8>(p: *const u8, nblk: usize) -> (__m512i, __m512i, __m512i) {
+    let valid = nblk * wsize(TY);
+    // SAFETY: see `decode`: every access is a load inside the `valid` bytes
+    // or masked to them.
+    unsafe {
+        if TY == Q8_0 {
+            let p01 = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(q8_quants(p, 0, nblk)),
+                q8_quants(p, 1, nblk),
+            );
+            let p23 = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(q8_quants(p, 2, nblk)),
+                q8_quants(p, 3, nblk),
+            );
+            let flip = _mm512_set1_epi8(-128);
+            let lo = _mm512_xor_si512(_mm512_shuffle_i64x2::<0x88>(p01, p23), flip);
+            let hi = _mm512_xor_si512(_mm512_shuffle_i64x2::<0xDD>(p01, p23), flip);
+            let dbits = q8_scale(p, 0, nblk)
+                | q8_scale(p, 1, nblk)
+                | q8_scale(p, 2, nblk)
+                | q8_scale(p, 3, nblk);
+            let src = _mm512_castsi128_si512(_mm_cvtsi64_si128(dbits as i64));
+            return (lo, hi, src);
+        }
+        let a = if valid >= 64 {
+            _mm512_loadu_si512(p.cast())
+        } else {
+            _mm512_maskz_loadu_epi8(byte_mask(valid), p.cast())
+        };
+        let b = _mm512_maskz_loadu_epi8(
+            byte_mask(valid.saturating_sub(64)),
+            p.wrapping_add(64).cast(),
+        );
+        match TY {
+            Q4_0 => {
+                let (lo, hi) = split_nibbles(_mm512_permutex2var_epi8(
+                    a,
+                    const { word_to_byte_index(Q4_0_QS) },
+                    b,
+                ));
+                (lo, hi, a)
+            }
+            Q4_1 => {
+                let (lo, hi) = split_nibbles(_mm512_permutex2var_epi32(a, Q4_1_QS, b));
+                (lo, hi, a)
+            }
+            Q5_0 => {
+                let (lo, hi) = split_nibbles(_mm512_permutex2var_epi8(
+                    a,
+                    const { word_to_byte_index(Q5_0_QS) },
+                    b,
+                ));
+                let meta = _mm512_permutex2var_epi8(a, const { word_to_byte_index(Q5_0_GMETA) }, b);
+                let (lo, hi) = high_bits_shuffled(lo, hi, meta);
+                (lo, hi, meta)
+            }
+            _ => {
+                let (lo, hi) = split_nibbles(_mm512_permutex2var_epi32(a, Q5_1_QS, b));
+                let meta = _mm512_permutex2var_epi8(a, const { word_to_byte_index(Q5_1_GMETA) }, b);
+                let (lo, hi) = high_bits_shuffled(lo, hi, meta);
+                (lo, hi, meta)
+            }
+        }
+    }
+}
+
+/// The gemv meta register of a Q5 quad: qword `2k` and `2k + 1` hold block
+/// k's `qh` (32 bits), its `d` and (Q5_1) `m` (words `8k + 2`, `8k + 3`).
+const fn q5_gmeta(block_words: u16, qh_word: u16) -> __m512i {
+    let mut a = [0u16; 32];
+    let mut l = 0;
+    while l < 8 {
+        let k = (l / 2) as u16;
+        let base = k * block_words;
+        a[4 * l] = base + qh_word;
+        a[4 * l + 1] = base + qh_word + 1;
+        a[4 * l + 2] = base;
+        a[4 * l + 3] = base + 1;
+        l += 1;
+    }
+    c16(a)
+}
+const Q5_0_GMETA: __m512i = q5_gmeta(11, 1);
+const Q5_1_GMETA: __m512i = q5_gmeta(12, 2);
+
+/// Byte j selects bit `j % 16` (`LO`) or `16 + j % 16` (`HI`) of its qword.
+const fn bit_select(first: u8) -> __m512i {
+    let mut a = [0u8; 64];
+    let mut j = 0;
+    while j < 64 {
+        a[j] = first + (j % 16) as u8;
+        j += 1;
+    }
+    // SAFETY: [u8; 64] and __m512i have the same size and no invalid bit patterns.
+    unsafe { std::mem::transmute::<[u8; 64], __m512i>(a) }
+}
+const BITS_LO: __m512i = bit_select(0);
+const BITS_HI: __m512i = bit_select(16);
+
+/// Sets bit 4 of the elements whose qh bits are set, from a gemv meta
+/// register (the qh of the block of each quant's qword, there).
+#[target_feature(
+    enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bitalg,avx512vbmi,avx2,fma,f16c"
+)]
+#[inline]
+fn high_bits_shuffled(lo: __m512i, hi: __m512i, meta: __m512i) -> (__m512i, __m512i) {
+    let mlo = _mm512_bitshuffle_epi64_mask(meta, BITS_LO);
+    let mhi = _mm512_bitshuffle_epi64_mask(meta, BITS_HI);
+    let b4 = _mm512_set1_epi8(0x10);
+    (
+        _mm512_mask_add_epi8(lo, mlo, lo, b4),
+        _mm512_mask_add_epi8(hi, mhi, hi, b4),
+    )
+}
+
+/// One quad position of four rows (quads at `p[r]`, `nblk` blocks each)
+/// against one activation quad, accumulated per (block, row) in lane `4k + r`.
+///
+/// # Safety
+/// As [`decode`] for each `p[r]`; `a` as [`apply`] for one token.
+#[target_feature(
+    enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bitalg,avx512vbmi,avx2,fma,f16c"
+)]
+#[inline]
+unsafe fn quad4<const TY: u8>(
+    p: [*const u8; 4],
+    nblk: usize,
+    a: Acts,
+    acc: &mut __m512,
+    accm: &mut __m512,
+) {
+    // SAFETY: caller contract; activation fields are read with unaligned
+    // loads inside the pointed-to structs.
+    unsafe {
+        let aq = a.quads;
+        let init = if bias(TY) != 0 {
+            _mm512_loadu_si512(a.corr.cast())
+        } else {
+            _mm512_setzero_si512()
+        };
+        let a_lo = _mm512_loadu_si512((*aq).qs.as_ptr().cast());
+        let a_hi = _mm512_loadu_si512((*aq).qs.as_ptr().add(64).cast());
+        let mut s = [_mm512_setzero_si512(); 4];
+        let mut src = [_mm512_setzero_si512(); 4];
+        for r in 0..4 {
+            let (lo, hi, sc) = decode_raw::<TY>(p[r], nblk);
+            s[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo, a_lo), hi, a_hi);
+            src[r] = sc;
+        }
+        // Block sums: 128-bit lane k of `u` = [row 0, row 1, row 2, row 3].
+        let t01 = _mm512_add_epi32(
+            _mm512_unpacklo_epi32(s[0], s[1]),
+            _mm512_unpackhi_epi32(s[0], s[1]),
+        );
+        let t23 = _mm512_add_epi32(
+            _mm512_unpacklo_epi32(s[2], s[3]),
+            _mm512_unpackhi_epi32(s[2], s[3]),
+        );
+        let u = _mm512_add_epi32(
+            _mm512_unpacklo_epi64(t01, t23),
+            _mm512_unpackhi_epi64(t01, t23),
+        );
+        // Scales (and minimums) of (row r, block k) in word 4k + r (16 + 4k + r).
+        let x = _mm512_permutex2var_epi8(
+            src[0],
+            const { word_to_byte_index(scale_gather(TY, 0)) },
+            src[1],
+        );
+        let y = _mm512_permutex2var_epi8(
+            src[2],
+            const { word_to_byte_index(scale_gather(TY, 1)) },
+            src[3],
+        );
+        let z = _mm512_mask_blend_epi16(0xCCCC_CCCC, x, y);
+        let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(z));
+        let ad16 = _mm512_loadu_ps((*aq).d16.as_ptr());
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(u), _mm512_mul_ps(dw, ad16), *acc);
+        if has_min(TY) {
+            let mw = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(z));
+            let s16 = _mm512_permutexvar_ps(SPREAD_S, _mm512_loadu_ps(a.s16.cast()));
+            *accm = _mm512_fmadd_ps(mw, s16, *accm);
+        }
+    }
+}
+
+/// Dot products of four consecutive weight rows (from `w`, `row_bytes`
+/// apart, `nb` blocks each) with one token: lane r of the result is row r's.
+///
+/// # Safety
+/// As [`rows_dot`] with `R = 4`.
+#[target_feature(
+    enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bitalg,avx512vbmi,avx2,fma,f16c"
+)]
+unsafe fn rows4_dot<const TY: u8>(w: *const u8, row_bytes: usize, nb: usize, a: Acts) -> __m128 {
+    let mut acc = _mm512_setzero_ps();
+    let mut accm = _mm512_setzero_ps();
+    let full = nb / 4;
+    let qb = quad_bytes(TY);
+    let rows = [
+        w,
+        w.wrapping_add(row_bytes),
+        w.wrapping_add(2 * row_bytes),
+        w.wrapping_add(3 * row_bytes),
+    ];
+    for q in 0..full {
+        let p = rows.map(|r| r.wrapping_add(q * qb));
+        for r in p {
+            _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(GEMV_PREFETCH).cast());
+        }
+        // SAFETY: quad q < nb/4 is inside each of the four rows; act quad q
+        // exists (contract). Prefetches never fault, whatever the address.
+        unsafe { quad4::<TY>(p, 4, a.at(q), &mut acc, &mut accm) };
+    }
+    let rem = nb - full * 4;
+    if rem > 0 {
+        // SAFETY: `rem` blocks remain in each row; act quad `full` exists.
+        unsafe {
+            quad4::<TY>(
+                rows.map(|r| r.wrapping_add(full * qb)),
+                rem,
+                a.at(full),
+                &mut acc,
+                &mut accm,
+            )
+        };
+    }
+    if has_min(TY) {
+        acc = _mm512_add_ps(acc, accm);
+    }
+    let h = _mm256_add_ps(
+        _mm512_castps512_ps256(acc),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc))),
+    );
+    _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h))
 }
