@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::unicode::char_to_byte;
 use crate::vocab::parse_byte_token;
+use crate::vocab::EOG_NAMES;
 use crate::TokenizerError;
 
 /// How a single token's text becomes bytes.
@@ -40,16 +41,6 @@ const BOS_NAMES: &[&str] = &["<|begin_of_text|>", "<s>", "<bos>", "<|startoftext
 const EOS_NAMES: &[&str] = &["<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>"];
 /// Largest vocabulary a tokenizer.json may declare (ids beyond it are ignored).
 const MAX_VOCAB: usize = 1 << 22;
-
-const EOG_NAMES: &[&str] = &[
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "<|eom_id|>",
-    "<EOT>",
-];
 
 impl HfTokenizer {
     pub(crate) fn open(path: &Path) -> Result<HfTokenizer, TokenizerError> {

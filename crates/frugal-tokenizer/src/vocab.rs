@@ -90,7 +90,8 @@ const EOT_NAMES: &[&str] = &[
     "<EOT>",
     "<｜end▁of▁sentence｜>",
 ];
-const EOG_NAMES: &[&str] = &[
+/// Token texts llama.cpp treats as end of generation (shared with tokenizer.json loading).
+pub(crate) const EOG_NAMES: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",

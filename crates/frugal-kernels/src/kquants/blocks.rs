@@ -15,8 +15,8 @@
 use half::f16;
 use std::mem::{align_of, size_of};
 
-/// Elements per super-block.
-pub const QK_K: usize = 256;
+/// Elements per super-block (the one constant, shared with the type table).
+pub use frugal_formats::QK_K;
 /// Bytes of packed 6-bit scales and mins in Q4_K / Q5_K (and 6-bit scales in Q3_K).
 pub const K_SCALE_SIZE: usize = 12;
 
@@ -193,21 +193,6 @@ pub fn cast_blocks<T: KBlock>(bytes: &[u8]) -> Option<&[T]> {
     // exactly bytes.len()/sz blocks inside `bytes`, T: KBlock accepts any bit
     // pattern, and the borrow keeps the lifetime and immutability of `bytes`.
     Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / sz) })
-}
-
-/// Copy all blocks out of `bytes` (any alignment). Panics if `bytes` is not a
-/// whole number of blocks.
-pub fn read_blocks<T: KBlock>(bytes: &[u8]) -> Vec<T> {
-    let sz = size_of::<T>();
-    assert!(
-        bytes.len().is_multiple_of(sz),
-        "{} bytes is not a whole number of {}-byte blocks",
-        bytes.len(),
-        sz
-    );
-    (0..bytes.len() / sz)
-        .map(|i| read_block(bytes, i))
-        .collect()
 }
 
 /// Scale and min of sub-block `j` (0..8) of a Q4_K / Q5_K block, as ggml's
