@@ -34,8 +34,12 @@ enum Command {
     Chat(cmd::chat::Args),
     /// Perplexity of a text file, with llama.cpp's method.
     Perplexity(cmd::perplexity::Args),
-    /// Measure prefill and decode speed, like llama-bench.
+    /// Measure quality: perplexity, KL divergence from a base, LAMBADA, HellaSwag, multiple choice.
+    Eval(cmd::eval::Args),
+    /// Measure speed, latency, memory, energy and cost, like llama-bench and more.
     Bench(cmd::bench::Args),
+    /// Merge result files from eval and bench into a Markdown table and an HTML page with plots.
+    Report(cmd::report::Args),
     /// Write a model as GGUF or as a Hugging Face safetensors folder.
     Convert(cmd::convert::Args),
 }
@@ -47,8 +51,11 @@ impl Command {
             Command::Generate(a) => a.model.threads,
             Command::Chat(a) => a.model.threads,
             Command::Perplexity(a) => a.model.threads,
+            Command::Eval(a) => a.model.threads,
             Command::Bench(a) => a.model.threads,
-            Command::Fetch(_) | Command::Inspect(_) | Command::Convert(_) => None,
+            Command::Fetch(_) | Command::Inspect(_) | Command::Convert(_) | Command::Report(_) => {
+                None
+            }
         }
     }
 
@@ -59,7 +66,9 @@ impl Command {
             Command::Generate(a) => cmd::generate::run(a),
             Command::Chat(a) => cmd::chat::run(a),
             Command::Perplexity(a) => cmd::perplexity::run(a),
+            Command::Eval(a) => cmd::eval::run(a),
             Command::Bench(a) => cmd::bench::run(a),
+            Command::Report(a) => cmd::report::run(a),
             Command::Convert(a) => cmd::convert::run(a),
         }
     }

@@ -1,7 +1,9 @@
 pub mod bench;
 pub mod chat;
 pub mod convert;
+pub mod eval;
 pub mod fetch;
 pub mod generate;
 pub mod inspect;
 pub mod perplexity;
+pub mod report;

@@ -1,0 +1,1 @@
+//! KL divergence from a base model (filled in by the KLD work).

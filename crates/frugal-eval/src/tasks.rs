@@ -1,0 +1,1 @@
+//! Task accuracy (filled in by the tasks work).
