@@ -109,13 +109,15 @@ pub fn perplexity(
             batch[0] = b;
         }
         kv.clear();
-        let logits = model.forward(&batch, &mut kv, &mut st, Logits::All)?;
+        // Only the scored half needs logits.
+        let logits = model.forward(&batch, &mut kv, &mut st, Logits::From(first))?;
         // Position j predicts token j+1; score j in [ctx/2, ctx-1).
         let nlls: Vec<f64> = (first..ctx - 1)
             .into_par_iter()
             .map(|j| {
+                let row = j - first;
                 nll_of(
-                    &logits[j * n_vocab..(j + 1) * n_vocab],
+                    &logits[row * n_vocab..(row + 1) * n_vocab],
                     tokens[c * ctx + j + 1],
                 )
             })

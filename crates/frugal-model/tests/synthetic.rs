@@ -409,3 +409,26 @@ fn a_cache_for_another_model_is_an_error() {
     assert!(err.to_string().contains("different model"), "{err}");
     assert!(small.new_cache(usize::MAX / 2).is_err());
 }
+
+#[test]
+fn logits_from_an_index_are_the_tail_of_all_logits() {
+    let m = Model::from_source(&build(&SMALL, 3)).unwrap();
+    let all = batch_logits(&m, &TOKENS);
+    let v = SMALL.vocab;
+    for from in [0, 5, TOKENS.len() - 1] {
+        let mut kv = m.new_cache(64).unwrap();
+        let mut st = m.new_state(TOKENS.len(), true);
+        let tail = m
+            .forward(&TOKENS, &mut kv, &mut st, Logits::From(from))
+            .unwrap();
+        assert_eq!(tail.len(), (TOKENS.len() - from) * v);
+        assert!(max_abs_diff(tail, &all[from * v..]) < 1e-5, "from {from}");
+    }
+    // Past the batch: an error, not a panic.
+    let mut kv = m.new_cache(64).unwrap();
+    let mut st = m.new_state(TOKENS.len(), true);
+    let e = m
+        .forward(&TOKENS, &mut kv, &mut st, Logits::From(TOKENS.len()))
+        .unwrap_err();
+    assert!(e.to_string().contains("logits from index"), "{e}");
+}
