@@ -6,9 +6,15 @@
 //! - `perplexity`: `ppl`, `ppl_stderr`, `nll`, `tokens_scored`.
 //! - `kld`: `kld_mean`, `kld_stderr`, `kld_median`, `kld_p99`, `same_top_pct`,
 //!   `same_top_stderr_pct`, `rms_dp_pct`, `ppl_model`, `ppl_model_stderr`,
-//!   `ppl_base`, `ppl_base_stderr`, `tokens_scored`.
-//! - `lambada`: `acc_pct`, `acc_stderr_pct`, `word_ppl`, `items`.
-//! - `hellaswag`, `mc`: `acc_pct`, `acc_stderr_pct`, `items`.
+//!   `ppl_base`, `ppl_base_stderr`, `tokens_scored`; also `kld_p90`,
+//!   `kld_p999`, `kld_max`, `rms_dp_stderr_pct`, `dp_mean_pct`,
+//!   `dp_mean_stderr_pct`, `ln_ppl_ratio`, `ln_ppl_ratio_stderr`. A run that
+//!   only saves a base's logits has `ppl_base`, `ppl_base_stderr`, `tokens_scored`.
+//! - `lambada`: `acc_pct`, `acc_stderr_pct`, `word_ppl`, `items`, `correct`,
+//!   `cut_items`, `target_tokens_mean`, `seconds`.
+//! - `hellaswag`, `mc`: `acc_pct` (length-normalized), `acc_stderr_pct`,
+//!   `acc_raw_pct` (summed log-probability), `items`, `correct`, `cut_items`,
+//!   `tokens_run`, `seconds`.
 //! - `bench`: `decode_tps`, `decode_tps_sd`, `prefill_tps` (at the first prompt
 //!   length), `prefill` (one entry per prompt length: `n_prompt`, `tps`,
 //!   `tps_sd`, `ttft_ms`), `ttft_ms`, `tpot_ms_p50`, `tpot_ms_p90`,

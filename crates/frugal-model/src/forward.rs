@@ -191,6 +191,38 @@ impl Model {
         st: &'s mut State,
         mode: Logits,
     ) -> Result<&'s [f32], ModelError> {
+        let rows = self.blocks(tokens, kv, st, mode, true)?;
+        st.acts.invalidate();
+        st.acts
+            .matmul(&self.weights.output, &st.xn, rows, &mut st.logits);
+        Ok(&st.logits[..rows * self.config.n_vocab])
+    }
+
+    /// Like [`forward`](Self::forward), but returns the final hidden states
+    /// (after the output norm, `n_embd` per token) instead of logits: what
+    /// `weights.output` turns into logits. KL divergence saves these so a
+    /// base's logits can be rebuilt exactly without rerunning the base.
+    pub fn forward_hidden<'s>(
+        &self,
+        tokens: &[u32],
+        kv: &mut KvCache,
+        st: &'s mut State,
+        mode: Logits,
+    ) -> Result<&'s [f32], ModelError> {
+        let rows = self.blocks(tokens, kv, st, mode, false)?;
+        Ok(&st.xn[..rows * self.config.n_embd])
+    }
+
+    /// Everything up to the output matmul: leaves the normed hidden states of
+    /// the rows `mode` asks for in `st.xn` and returns how many rows.
+    fn blocks(
+        &self,
+        tokens: &[u32],
+        kv: &mut KvCache,
+        st: &mut State,
+        mode: Logits,
+        logits: bool,
+    ) -> Result<usize, ModelError> {
         let c = &self.config;
         let n = tokens.len();
         if n == 0 {
@@ -212,7 +244,7 @@ impl Model {
                 )))
             }
         };
-        if st.logits.len() < rows * c.n_vocab {
+        if logits && st.logits.len() < rows * c.n_vocab {
             return Err(ModelError::Input(
                 "state was made without room for all logits".into(),
             ));
@@ -298,10 +330,7 @@ impl Model {
             c.rms_eps,
             &mut st.xn[..rows * d],
         );
-        st.acts.invalidate();
-        st.acts
-            .matmul(&self.weights.output, &st.xn, rows, &mut st.logits);
-        Ok(&st.logits[..rows * c.n_vocab])
+        Ok(rows)
     }
 
     /// Look up (dequantize) the embedding row of each token.

@@ -39,6 +39,10 @@ pub struct Args {
     /// With no --base, the --model itself is the base.
     #[arg(long)]
     pub save_logits: Option<PathBuf>,
+    /// kld --save-logits: save a small approximate file instead (the base's K most likely
+    /// tokens per position and one bucket for the rest; KL is then a lower bound).
+    #[arg(long, value_name = "K")]
+    pub logits_top_k: Option<usize>,
     /// Evaluate at most this many items (chunks for perplexity/kld, tasks otherwise).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -118,8 +122,8 @@ pub fn run(a: Args) -> Result<()> {
     if a.limit == Some(0) {
         bail!("--limit must be at least 1");
     }
-    if name != "kld" && (a.base.is_some() || a.save_logits.is_some()) {
-        bail!("--base and --save-logits belong to the kld task");
+    if name != "kld" && (a.base.is_some() || a.save_logits.is_some() || a.logits_top_k.is_some()) {
+        bail!("--base, --save-logits and --logits-top-k belong to the kld task");
     }
     let on_bad: OnBadLine = a.on_bad_line.parse().map_err(anyhow::Error::msg)?;
     let quiet = a.quiet || a.json;

@@ -1,1 +1,0 @@
-//! KL divergence from a base model (filled in by the KLD work).

@@ -1,1 +1,0 @@
-//! Task accuracy (filled in by the tasks work).
