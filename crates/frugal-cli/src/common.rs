@@ -107,6 +107,15 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// `--ctx`: at least 4 tokens, so each chunk has a scored half.
+pub fn parse_ctx(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 4 => Ok(n),
+        Ok(n) => Err(format!("{n} is too small: at least 4 tokens")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }

@@ -6,6 +6,10 @@ use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+/// Largest task file (or decompressed text) read: 1 GiB, far above any
+/// benchmark's size, so a wrong path or a decompression bomb fails cleanly.
+pub const MAX_TASK_BYTES: u64 = 1 << 30;
+
 /// What to do with a malformed line (or record) in a task file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OnBadLine {
@@ -63,16 +67,32 @@ impl TaskFile {
                 reason: "is a directory, not a task file".into(),
             });
         }
+        let len = std::fs::metadata(path).map_err(io)?.len();
+        if len > MAX_TASK_BYTES {
+            return Err(EvalError::Format {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "{len} bytes: larger than the {MAX_TASK_BYTES}-byte limit for a task file"
+                ),
+            });
+        }
         let raw = std::fs::read(path).map_err(io)?;
         let sha256 = sha256_hex(&raw);
         let bytes = if path.extension().is_some_and(|e| e == "bz2") {
             let mut out = Vec::new();
             bzip2::read::MultiBzDecoder::new(&raw[..])
+                .take(MAX_TASK_BYTES + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| EvalError::Format {
                     path: path.to_path_buf(),
                     reason: format!("not a valid bzip2 file: {e}"),
                 })?;
+            if out.len() as u64 > MAX_TASK_BYTES {
+                return Err(EvalError::Format {
+                    path: path.to_path_buf(),
+                    reason: format!("decompresses to more than {MAX_TASK_BYTES} bytes"),
+                });
+            }
             out
         } else {
             raw

@@ -65,7 +65,7 @@ pub fn nll_of(logits: &[f32], target: u32) -> f64 {
 
 /// Chunks available in `n_tokens` tokens at context `ctx`, capped by `max_chunks`.
 pub fn chunk_count(n_tokens: usize, ctx: usize, max_chunks: Option<usize>) -> usize {
-    let all = n_tokens / ctx;
+    let all = n_tokens.checked_div(ctx).unwrap_or(0);
     max_chunks.map_or(all, |m| m.min(all))
 }
 
@@ -164,5 +164,6 @@ mod tests {
         assert_eq!(chunk_count(1000, 512, None), 1);
         assert_eq!(chunk_count(5000, 512, Some(3)), 3);
         assert_eq!(chunk_count(100, 512, None), 0);
+        assert_eq!(chunk_count(100, 0, None), 0);
     }
 }

@@ -18,6 +18,19 @@ pub const EVAL_TASKS: &[&str] = &["perplexity", "kld", "lambada", "hellaswag", "
 
 /// Read and check one result file.
 pub fn read_record(path: &Path) -> Result<Loaded, ReportError> {
+    // A record is a few KiB: refuse to read a model file passed by mistake.
+    const MAX_RECORD_BYTES: u64 = 16 << 20;
+    if let Ok(m) = std::fs::metadata(path) {
+        if m.len() > MAX_RECORD_BYTES {
+            return Err(ReportError::NotRecord {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "{} bytes: far larger than a result record (is it a model or data file?)",
+                    m.len()
+                ),
+            });
+        }
+    }
     let bytes = std::fs::read(path).map_err(|error| ReportError::Io {
         path: path.to_path_buf(),
         error,

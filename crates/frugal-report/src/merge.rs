@@ -499,10 +499,17 @@ fn machine(l: &Loaded) -> String {
 
 /// Settings keys whose values differ between records, with their values.
 fn setting_diffs(ls: &[&Loaded]) -> Vec<String> {
+    // How a KLD base was supplied (live, saved, which file) does not change
+    // the numbers: a saved base reproduces the live one exactly.
+    const INCIDENTAL: [&str; 3] = ["base_mode", "logits_file", "saved"];
     let mut keys: BTreeSet<&str> = BTreeSet::new();
     for l in ls {
         if let Some(o) = l.record.settings.as_object() {
-            keys.extend(o.keys().map(String::as_str));
+            keys.extend(
+                o.keys()
+                    .map(String::as_str)
+                    .filter(|k| !INCIDENTAL.contains(k)),
+            );
         }
     }
     let mut out = Vec::new();

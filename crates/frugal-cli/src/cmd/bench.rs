@@ -140,12 +140,12 @@ pub fn run(a: Args) -> Result<()> {
         "batch_sizes": [1],
         "peak_rss_bytes": peak_rss,
         "weight_bytes_per_token": weight_bytes,
-        "decode_bandwidth_gbs": weight_bytes as f64 * decode_tps / 1e9,
+        "decode_bandwidth_gbs": (a.gen > 0).then(|| weight_bytes as f64 * decode_tps / 1e9),
         "kv_bytes_per_token": kv_bytes,
         "kv_type": "f32",
         "bpw": info.bpw,
         "flops_per_token": flops,
-        "decode_gflops": flops * decode_tps / 1e9,
+        "decode_gflops": (a.gen > 0).then(|| flops * decode_tps / 1e9),
         "energy_j_per_token": (a.gen > 0).then_some(energy_j),
         "energy_source": energy_source,
         "energy_estimate_j_per_token": (a.gen > 0).then_some(estimate_j),
@@ -207,12 +207,12 @@ pub fn run(a: Args) -> Result<()> {
         mib(weight_bytes as u64),
         kv_bytes / 1024
     );
-    println!(
-        "compute: {:.1} MFLOP per token ({:.1} GFLOP/s while decoding)",
-        flops / 1e6,
-        flops * decode_tps / 1e9
-    );
     if a.gen > 0 {
+        println!(
+            "compute: {:.1} MFLOP per token ({:.1} GFLOP/s while decoding)",
+            flops / 1e6,
+            flops * decode_tps / 1e9
+        );
         println!(
             "energy: {:.3} J per token ({energy_source}); cost: ${:.4} per million tokens at ${}/hour",
             energy_j,

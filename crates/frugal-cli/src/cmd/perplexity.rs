@@ -13,7 +13,7 @@ pub struct Args {
     #[arg(short, long)]
     pub file: PathBuf,
     /// Tokens per chunk; the second half of each chunk is scored.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = crate::common::parse_ctx)]
     pub ctx: usize,
     /// Score at most this many chunks (default: all).
     #[arg(long)]

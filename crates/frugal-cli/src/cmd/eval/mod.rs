@@ -9,7 +9,7 @@ mod kld;
 mod tasks;
 
 use crate::common::{progress_bar, ModelArgs};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use frugal_eval::{DataInfo, ModelInfo, OnBadLine, Record, TaskFile};
 use frugal_model::LoadedModel;
 use serde_json::json;
@@ -47,7 +47,7 @@ pub struct Args {
     #[arg(long)]
     pub limit: Option<usize>,
     /// perplexity/kld: tokens per chunk; the second half of each chunk is scored.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = crate::common::parse_ctx)]
     pub ctx: usize,
     /// A malformed line in a task file: stop with an error naming it, or skip it.
     #[arg(long, default_value = "stop", value_parser = ["stop", "skip"])]
@@ -128,6 +128,14 @@ pub fn run(a: Args) -> Result<()> {
     let on_bad: OnBadLine = a.on_bad_line.parse().map_err(anyhow::Error::msg)?;
     let quiet = a.quiet || a.json;
     let lm = a.model.load(quiet)?;
+    // Scoring indexes the logits by token id: every id must have a row.
+    let (n_tok, n_vocab) = (lm.tokenizer.vocab_size(), lm.model.config.n_vocab);
+    if n_tok > n_vocab {
+        bail!(
+            "the tokenizer has {n_tok} tokens but the model scores only {n_vocab}: \
+             is --tokenizer the model's own?"
+        );
+    }
     let info = ModelInfo::of(&lm, a.label.as_deref())?;
     let ctx = Ctx {
         args: &a,
@@ -166,7 +174,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".tmp{}", std::process::id()));
     let tmp = path.with_file_name(name);
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::new(e).context(format!("writing {}", tmp.display())));
+    }
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         anyhow::Error::new(e).context(format!("renaming {} to {}", tmp.display(), path.display()))
