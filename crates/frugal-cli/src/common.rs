@@ -107,6 +107,60 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The options of commands that produce a result record (eval, bench).
+#[derive(Args, Clone, Debug)]
+pub struct RecordArgs {
+    /// Name for this model in reports (default: the file name).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Write the result record (JSON) to this file, for `frugal report`.
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
+    /// Print the result record (JSON) on stdout instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bars.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl RecordArgs {
+    /// Write the record to --out (atomically) and print it with --json.
+    pub fn emit(&self, record: &frugal_eval::Record) -> Result<()> {
+        let text = serde_json::to_string_pretty(record)? + "\n";
+        if let Some(out) = &self.out {
+            write_atomic(out, text.as_bytes())?;
+            if !self.quiet && !self.json {
+                eprintln!("wrote {}", out.display());
+            }
+        }
+        if self.json {
+            print!("{text}");
+        }
+        Ok(())
+    }
+}
+
+/// Write `bytes` to a temporary file beside `path`, then rename it into place,
+/// so an error never leaves a half-written file under the final name.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::new(e).context(format!("writing {}", tmp.display())));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::Error::new(e).context(format!("renaming {} to {}", tmp.display(), path.display()))
+    })
+}
+
 /// `--ctx`: at least 4 tokens, so each chunk has a scored half.
 pub fn parse_ctx(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {

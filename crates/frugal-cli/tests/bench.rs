@@ -6,13 +6,10 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 
+mod common;
+
 fn stories() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/stories260K");
-    assert!(
-        dir.join("stories260K.bin").exists(),
-        "test material missing: expected ../shared/models/stories260K beside the checkout (see the README)"
-    );
-    dir
+    common::shared().join("models/stories260K")
 }
 
 fn bench(extra: &[&str]) -> std::process::Output {

@@ -6,14 +6,8 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn shared() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
-    assert!(
-        dir.join("models/stories260K/stories260K.bin").exists(),
-        "test material missing: expected ../shared/models/stories260K beside the checkout (see the README)"
-    );
-    dir
-}
+mod common;
+use common::shared;
 
 struct Setup {
     _dir: tempfile::TempDir,

@@ -1,17 +1,10 @@
 //! End to end through the binary on the llama2.c stories260K model from
 //! ../shared: greedy generation must print exactly llama2.c's reference text.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-fn shared() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
-    assert!(
-        dir.join("models/stories260K/stories260K.bin").exists(),
-        "test material missing: expected ../shared/models/stories260K beside the checkout (see the README)"
-    );
-    dir
-}
+mod common;
+use common::shared;
 
 #[test]
 fn greedy_200_tokens_match_llama2c() {

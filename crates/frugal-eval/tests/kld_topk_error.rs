@@ -33,7 +33,7 @@ fn top_k_error_against_exact() {
     let ctx = 512;
     let tok = &model.tokenizer;
     let tokens = tok.encode(&text, true, false);
-    let bos = if tok.add_bos() { tok.bos_id() } else { None };
+    let bos = tok.bos_to_add();
     let nv = model.model.config.n_vocab;
     let (mut kb, mut sb) = (
         base.model.new_cache(ctx).unwrap(),

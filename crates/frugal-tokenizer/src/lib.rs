@@ -299,6 +299,16 @@ impl Tokenizer {
         }
     }
 
+    /// The BOS id when `encode(.., add_special = true, ..)` starts with it:
+    /// what evaluation writes over each chunk's first token.
+    pub fn bos_to_add(&self) -> Option<u32> {
+        if self.add_bos() {
+            self.bos_id()
+        } else {
+            None
+        }
+    }
+
     /// Whether `encode(.., add_special = true, ..)` starts with BOS.
     pub fn add_bos(&self) -> bool {
         match &self.inner {

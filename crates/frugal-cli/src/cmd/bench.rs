@@ -2,13 +2,11 @@
 //! deployment pays: time to first token, per-token latency percentiles,
 //! memory, FLOPs, energy and money per token.
 
-use crate::cmd::eval::write_atomic;
-use crate::common::{mib, peak_rss_bytes, progress_bar, ModelArgs};
+use crate::common::{mib, peak_rss_bytes, progress_bar, ModelArgs, RecordArgs};
 use anyhow::{bail, Result};
 use frugal_eval::{ModelInfo, Record};
 use frugal_infer::bench::{flops_per_token, BenchConfig, BenchResult};
 use serde_json::json;
-use std::path::PathBuf;
 
 #[derive(clap::Args)]
 #[command(
@@ -40,18 +38,8 @@ pub struct Args {
     /// What the machine costs per hour (USD), for the cost per million tokens.
     #[arg(long, default_value_t = 0.05)]
     pub usd_per_hour: f64,
-    /// Name for this model in reports (default: the file name).
-    #[arg(long)]
-    pub label: Option<String>,
-    /// Write the result record (JSON) to this file, for `frugal report`.
-    #[arg(short, long)]
-    pub out: Option<PathBuf>,
-    /// Print the result record (JSON) instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// No progress bar.
-    #[arg(short, long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub rec: RecordArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -68,7 +56,7 @@ pub fn run(a: Args) -> Result<()> {
     if !(a.usd_per_hour.is_finite() && a.usd_per_hour >= 0.0) {
         bail!("--usd-per-hour must be a non-negative number");
     }
-    let quiet = a.quiet || a.json;
+    let quiet = a.rec.quiet || a.rec.json;
     let lm = a.model.load(quiet)?;
     let model = &lm.model;
     let c = &model.config;
@@ -76,7 +64,7 @@ pub fn run(a: Args) -> Result<()> {
     if prompts.iter().any(|&p| p > limit) || a.gen > limit {
         bail!("-p and -n must be at most the model's context of {limit} tokens");
     }
-    let info = ModelInfo::of(&lm, a.label.as_deref())?;
+    let info = ModelInfo::of(&lm, a.rec.label.as_deref())?;
     let cfg = BenchConfig {
         prompt_lengths: prompts.clone(),
         gen_tokens: a.gen,
@@ -162,13 +150,8 @@ pub fn run(a: Args) -> Result<()> {
         "usd_per_hour": a.usd_per_hour,
     });
     let record = Record::new("bench", "bench", info, settings, metrics);
-    let text = serde_json::to_string_pretty(&record)? + "\n";
-    if let Some(out) = &a.out {
-        write_atomic(out, text.as_bytes())?;
-    }
-    if a.json {
-        print!("{text}");
-        return Ok(());
+    if a.rec.json {
+        return a.rec.emit(&record);
     }
 
     println!(
@@ -220,8 +203,5 @@ pub fn run(a: Args) -> Result<()> {
             a.usd_per_hour
         );
     }
-    if let Some(out) = &a.out {
-        eprintln!("wrote {}", out.display());
-    }
-    Ok(())
+    a.rec.emit(&record)
 }

@@ -1,6 +1,6 @@
 //! `frugal perplexity`: llama.cpp's perplexity method on a text file.
 
-use crate::common::{progress_bar, ModelArgs};
+use crate::common::ModelArgs;
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
@@ -31,23 +31,8 @@ pub fn run(a: Args) -> Result<()> {
         .with_context(|| format!("reading {}", a.file.display()))?;
     let quiet = a.quiet || a.json;
     let lm = a.model.load(quiet)?;
-    let tok = &lm.tokenizer;
-    let tokens = tok.encode(&text, true, false);
-    let bos = if tok.add_bos() { tok.bos_id() } else { None };
-    let n_chunks = frugal_eval::perplexity::chunk_count(tokens.len(), a.ctx, a.chunks);
-    let pb = progress_bar(n_chunks as u64, a.quiet, "perplexity");
-    let r = frugal_eval::perplexity::perplexity(
-        &lm.model,
-        &tokens,
-        bos,
-        a.ctx,
-        a.chunks,
-        |done, _, ppl| {
-            pb.set_position(done as u64);
-            pb.set_message(format!("perplexity {ppl:.4}"));
-        },
-    )?;
-    pb.finish_and_clear();
+    let tokens = lm.tokenizer.encode(&text, true, false);
+    let r = crate::cmd::eval::perplexity_with_progress(&lm, &tokens, a.ctx, a.chunks, a.quiet)?;
     if a.json {
         let j = json!({
             "ppl": r.ppl,

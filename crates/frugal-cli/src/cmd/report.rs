@@ -1,7 +1,7 @@
 //! `frugal report`: merge result records into a Markdown table and an HTML
 //! page with Pareto plots. The work is in `frugal-report`; this is the CLI.
 
-use crate::cmd::eval::write_atomic;
+use crate::common::write_atomic;
 use anyhow::Result;
 use frugal_report::Report;
 use std::path::PathBuf;

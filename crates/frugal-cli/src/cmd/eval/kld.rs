@@ -42,7 +42,7 @@ pub fn run(ctx: &Ctx) -> Result<Record> {
     }
     let (f, tokens) = text_tokens(ctx)?;
     let tok = &ctx.lm.tokenizer;
-    let bos = if tok.add_bos() { tok.bos_id() } else { None };
+    let bos = tok.bos_to_add();
     let n_vocab = ctx.lm.model.config.n_vocab;
 
     let base = match &a.base {
@@ -220,13 +220,13 @@ pub fn run(ctx: &Ctx) -> Result<Record> {
     });
     let metrics = if stats.compared {
         let r = stats.result();
-        if !a.json {
+        if !a.rec.json {
             print_summary(&r, &base_info, mode, saved_payload.as_ref(), chunks, a.ctx);
         }
         serde_json::to_value(&r)?
     } else {
         let b = stats.base_ppl();
-        if !a.json {
+        if !a.rec.json {
             println!(
                 "PPL(base) = {:.4} +/- {:.5} ({} chunks of {}, {} tokens scored)",
                 b.ppl_base, b.ppl_base_stderr, chunks, a.ctx, b.tokens_scored
@@ -259,9 +259,9 @@ fn check_live_base(
         );
     }
     let bt = &blm.tokenizer;
-    let bos = if bt.add_bos() { bt.bos_id() } else { None };
+    let bos = bt.bos_to_add();
     let mt = &ctx.lm.tokenizer;
-    let mbos = if mt.add_bos() { mt.bos_id() } else { None };
+    let mbos = mt.bos_to_add();
     if bos != mbos {
         bail!(
             "BOS mismatch: the base {} starts chunks with {bos:?}, the model {} with {mbos:?}",

@@ -8,7 +8,7 @@
 mod kld;
 mod tasks;
 
-use crate::common::{progress_bar, ModelArgs};
+use crate::common::{progress_bar, ModelArgs, RecordArgs};
 use anyhow::{bail, Result};
 use frugal_eval::{DataInfo, ModelInfo, OnBadLine, Record, TaskFile};
 use frugal_model::LoadedModel;
@@ -52,18 +52,8 @@ pub struct Args {
     /// A malformed line in a task file: stop with an error naming it, or skip it.
     #[arg(long, default_value = "stop", value_parser = ["stop", "skip"])]
     pub on_bad_line: String,
-    /// Name for this model in reports (default: the file name).
-    #[arg(long)]
-    pub label: Option<String>,
-    /// Write the result record (JSON) to this file.
-    #[arg(short, long)]
-    pub out: Option<PathBuf>,
-    /// Print the result record (JSON) on stdout instead of the summary.
-    #[arg(long)]
-    pub json: bool,
-    /// No progress bars.
-    #[arg(short, long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub rec: RecordArgs,
 }
 
 /// What every task runner gets.
@@ -126,7 +116,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--base, --save-logits and --logits-top-k belong to the kld task");
     }
     let on_bad: OnBadLine = a.on_bad_line.parse().map_err(anyhow::Error::msg)?;
-    let quiet = a.quiet || a.json;
+    let quiet = a.rec.quiet || a.rec.json;
     let lm = a.model.load(quiet)?;
     // Scoring indexes the logits by token id: every id must have a row.
     let (n_tok, n_vocab) = (lm.tokenizer.vocab_size(), lm.model.config.n_vocab);
@@ -136,7 +126,7 @@ pub fn run(a: Args) -> Result<()> {
              is --tokenizer the model's own?"
         );
     }
-    let info = ModelInfo::of(&lm, a.label.as_deref())?;
+    let info = ModelInfo::of(&lm, a.rec.label.as_deref())?;
     let ctx = Ctx {
         args: &a,
         lm,
@@ -151,41 +141,7 @@ pub fn run(a: Args) -> Result<()> {
         "lambada" | "hellaswag" | "mc" => tasks::run(&ctx, name)?,
         _ => unreachable!("checked by parse_task"),
     };
-    finish(&a, &record)
-}
-
-/// Write the record where asked, atomically.
-fn finish(a: &Args, record: &Record) -> Result<()> {
-    let text = serde_json::to_string_pretty(record)? + "\n";
-    if let Some(out) = &a.out {
-        write_atomic(out, text.as_bytes())?;
-        if !a.quiet && !a.json {
-            eprintln!("wrote {}", out.display());
-        }
-    }
-    if a.json {
-        print!("{text}");
-    }
-    Ok(())
-}
-
-/// Write `bytes` to a temporary file beside `path`, then rename it into place.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(name);
-    let written = std::fs::File::create(&tmp).and_then(|mut f| {
-        std::io::Write::write_all(&mut f, bytes)?;
-        f.sync_all()
-    });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(anyhow::Error::new(e).context(format!("writing {}", tmp.display())));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::Error::new(e).context(format!("renaming {} to {}", tmp.display(), path.display()))
-    })
+    a.rec.emit(&record)
 }
 
 /// Read and tokenize a text for perplexity/kld: BOS first if the model adds one.
@@ -196,26 +152,36 @@ pub fn text_tokens(ctx: &Ctx) -> Result<(TaskFile, Vec<u32>)> {
     Ok((f, tokens))
 }
 
-fn perplexity(ctx: &Ctx) -> Result<Record> {
-    let (f, tokens) = text_tokens(ctx)?;
-    let tok = &ctx.lm.tokenizer;
-    let bos = if tok.add_bos() { tok.bos_id() } else { None };
-    let a = ctx.args;
-    let n_chunks = frugal_eval::perplexity::chunk_count(tokens.len(), a.ctx, a.limit);
-    let pb = ctx.progress(n_chunks as u64, "perplexity");
+/// llama.cpp's perplexity of `tokens`, with a progress bar showing the running value.
+pub fn perplexity_with_progress(
+    lm: &LoadedModel,
+    tokens: &[u32],
+    ctx: usize,
+    max_chunks: Option<usize>,
+    quiet: bool,
+) -> Result<frugal_eval::perplexity::PerplexityResult> {
+    let n_chunks = frugal_eval::perplexity::chunk_count(tokens.len(), ctx, max_chunks);
+    let pb = progress_bar(n_chunks as u64, quiet, "perplexity");
     let r = frugal_eval::perplexity::perplexity(
-        &ctx.lm.model,
-        &tokens,
-        bos,
-        a.ctx,
-        a.limit,
+        &lm.model,
+        tokens,
+        lm.tokenizer.bos_to_add(),
+        ctx,
+        max_chunks,
         |done, _, ppl| {
             pb.set_position(done as u64);
             pb.set_message(format!("perplexity {ppl:.4}"));
         },
     )?;
     pb.finish_and_clear();
-    if !a.json {
+    Ok(r)
+}
+
+fn perplexity(ctx: &Ctx) -> Result<Record> {
+    let (f, tokens) = text_tokens(ctx)?;
+    let a = ctx.args;
+    let r = perplexity_with_progress(&ctx.lm, &tokens, a.ctx, a.limit, ctx.quiet)?;
+    if !a.rec.json {
         println!(
             "PPL = {:.4} +/- {:.5} ({} chunks of {}, {} tokens scored)",
             r.ppl, r.ppl_stderr, r.chunks, r.ctx, r.tokens_scored

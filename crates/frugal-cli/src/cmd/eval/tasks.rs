@@ -45,7 +45,7 @@ fn run_lambada(ctx: &Ctx, f: &TaskFile) -> Result<Record> {
     })?;
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    if !ctx.args.json {
+    if !ctx.args.rec.json {
         println!(
             "LAMBADA: acc = {:.2} +/- {:.2} % over {} passages, target-word perplexity = {:.3} ({:.1} s)",
             r.acc_pct, r.acc_stderr_pct, r.items, r.word_ppl, secs
@@ -102,7 +102,7 @@ fn run_choice(ctx: &Ctx, f: &TaskFile, name: &str) -> Result<Record> {
     })?;
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    if !ctx.args.json {
+    if !ctx.args.rec.json {
         let (title, unit) = if name == "hellaswag" {
             ("HellaSwag", "tasks")
         } else {
