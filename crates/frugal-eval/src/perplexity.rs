@@ -56,11 +56,17 @@ impl NllStats {
     }
 }
 
-/// `-log softmax(logits)[target]`, computed stably.
-pub fn nll_of(logits: &[f32], target: u32) -> f64 {
+/// `log Σ exp(logits)`, computed stably: `log softmax(logits)[t]` is
+/// `logits[t] - log_sum_exp(logits)`.
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    -((logits[target as usize] - max) as f64 - sum.ln())
+    max as f64 + sum.ln()
+}
+
+/// `-log softmax(logits)[target]`, computed stably.
+pub fn nll_of(logits: &[f32], target: u32) -> f64 {
+    log_sum_exp(logits) - logits[target as usize] as f64
 }
 
 /// Chunks available in `n_tokens` tokens at context `ctx`, capped by `max_chunks`.

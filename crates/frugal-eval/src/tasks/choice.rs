@@ -131,15 +131,10 @@ pub fn score(src: &mut dyn LogitSource, q: &ChoiceSeqs) -> Result<Vec<ChoiceScor
 /// Log-probabilities of several targets under one row of logits.
 fn target_logprobs(row: &[f32], n_vocab: usize, targets: &[u32]) -> Vec<f64> {
     let row = &row[..n_vocab];
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse: f64 = row
-        .iter()
-        .map(|&l| ((l - max) as f64).exp())
-        .sum::<f64>()
-        .ln();
+    let lse = crate::perplexity::log_sum_exp(row);
     targets
         .iter()
-        .map(|&t| (row[t as usize] - max) as f64 - lse)
+        .map(|&t| row[t as usize] as f64 - lse)
         .collect()
 }
 
