@@ -1,36 +1,147 @@
-//! The GGML tensor element types: ids as GGUF stores them, and block geometry.
+//! The tensor element types: ggml's, with the ids GGUF stores, and frugal's
+//! own quantization types for schemes no ggml type expresses.
 //!
 //! This is pure data (the "type traits" table of ggml minus the kernels); the
 //! kernels crate attaches dequantization and dot products to each type.
+//!
+//! frugal's own types ([`FrugalType`]) get ids far above ggml's
+//! (`0x4652_xxxx`, "FR"), so a tool that does not know them stops on the
+//! first such tensor with an "invalid ggml type" error instead of
+//! misreading its bytes.
 
 use std::fmt;
+use std::sync::OnceLock;
 
-/// A GGML element type. Discriminants are the ids stored in GGUF files.
+/// A tensor element type: one of ggml's, or one of frugal's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u32)]
 pub enum GgmlType {
-    F32 = 0,
-    F16 = 1,
-    Q4_0 = 2,
-    Q4_1 = 3,
-    Q5_0 = 6,
-    Q5_1 = 7,
-    Q8_0 = 8,
-    Q8_1 = 9,
-    Q2K = 10,
-    Q3K = 11,
-    Q4K = 12,
-    Q5K = 13,
-    Q6K = 14,
-    Q8K = 15,
-    BF16 = 30,
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q8_1,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+    Q8K,
+    BF16,
+    /// A frugal type, not readable by ggml.
+    Frugal(FrugalType),
+}
+
+/// frugal's own quantization types.
+///
+/// * `Affine`: `bits`-bit codes (2..=8) in groups of `group` elements (32,
+///   64, 128 or 256), or one group per row when `group == 0`. Each group
+///   starts with an f16 scale `d` and, when asymmetric, an f16 offset `m`;
+///   then come its codes, 32 at a time as `bits` little-endian `u32` bit
+///   planes (plane k holds bit k of each of the 32 codes). A code q stands
+///   for `d·q + m` (asymmetric) or `d·(q − 2^(bits−1))` (symmetric).
+///   Rows must be whole groups, and whole multiples of 32.
+/// * `W8Row`: SmoothQuant-style int8 weights, one scale per row. Each row is
+///   an f32 scale `d`, the i32 sum of its codes, then one i8 code per element
+///   (value `d·q`). Its dot products take [`FrugalType::I8Tok`] activations.
+/// * `I8Tok`: int8 activations, one scale per token (row), same layout as
+///   `W8Row`: f32 scale, i32 code sum, i8 codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrugalType {
+    Affine { bits: u8, group: u16, sym: bool },
+    W8Row,
+    I8Tok,
+}
+
+/// The id prefix of frugal's types ("FR").
+const FRUGAL_ID: u32 = 0x4652_0000;
+
+impl FrugalType {
+    /// Every valid frugal type.
+    pub fn all() -> &'static [FrugalType] {
+        static ALL: OnceLock<Vec<FrugalType>> = OnceLock::new();
+        ALL.get_or_init(|| {
+            let mut v = Vec::new();
+            for sym in [false, true] {
+                for bits in 2..=8u8 {
+                    for group in [32u16, 64, 128, 256, 0] {
+                        v.push(FrugalType::Affine { bits, group, sym });
+                    }
+                }
+            }
+            v.push(FrugalType::W8Row);
+            v.push(FrugalType::I8Tok);
+            v
+        })
+    }
+
+    /// Whether the parameters are ones frugal has kernels for.
+    pub fn is_valid(self) -> bool {
+        match self {
+            FrugalType::Affine { bits, group, .. } => {
+                (2..=8).contains(&bits) && matches!(group, 0 | 32 | 64 | 128 | 256)
+            }
+            FrugalType::W8Row | FrugalType::I8Tok => true,
+        }
+    }
+
+    pub fn id(self) -> u32 {
+        match self {
+            FrugalType::Affine { bits, group, sym } => {
+                let g = if group == 0 { 0 } else { group.trailing_zeros() };
+                FRUGAL_ID | (sym as u32) << 12 | (bits as u32) << 8 | g
+            }
+            FrugalType::W8Row => FRUGAL_ID | 0xFF00,
+            FrugalType::I8Tok => FRUGAL_ID | 0xFF01,
+        }
+    }
+
+    /// Bytes of each group's (or row's) header.
+    pub fn header_bytes(self) -> usize {
+        match self {
+            FrugalType::Affine { sym: true, .. } => 2,
+            FrugalType::Affine { sym: false, .. } => 4,
+            FrugalType::W8Row | FrugalType::I8Tok => 8,
+        }
+    }
+
+    /// Whether one header serves the whole row (rather than each group).
+    pub fn is_row_wise(self) -> bool {
+        !matches!(self, FrugalType::Affine { group: 32..=256, .. })
+    }
+
+    /// Bits of code per element.
+    pub fn code_bits(self) -> usize {
+        match self {
+            FrugalType::Affine { bits, .. } => bits as usize,
+            FrugalType::W8Row | FrugalType::I8Tok => 8,
+        }
+    }
+
+    fn name(self) -> String {
+        match self {
+            FrugalType::Affine { bits, group, sym } => {
+                let s = if sym { 's' } else { 'a' };
+                if group == 0 {
+                    format!("FQ{bits}{s}_row")
+                } else {
+                    format!("FQ{bits}{s}_g{group}")
+                }
+            }
+            FrugalType::W8Row => "W8_row".into(),
+            FrugalType::I8Tok => "I8_tok".into(),
+        }
+    }
 }
 
 /// Elements per super-block of the k-quants.
 pub const QK_K: usize = 256;
 
 impl GgmlType {
-    /// Every type frugal knows, in id order.
+    /// Every ggml type frugal knows, in id order (frugal's own types are in
+    /// [`FrugalType::all`]).
     pub const ALL: [GgmlType; 15] = [
         GgmlType::F32,
         GgmlType::F16,
@@ -51,27 +162,65 @@ impl GgmlType {
 
     /// The type for a GGUF type id, or `None` for ids frugal does not handle.
     pub fn from_id(id: u32) -> Option<GgmlType> {
-        Self::ALL.iter().copied().find(|t| *t as u32 == id)
+        if id & 0xFFFF_0000 == FRUGAL_ID {
+            return FrugalType::all()
+                .iter()
+                .find(|t| t.id() == id)
+                .map(|&t| GgmlType::Frugal(t));
+        }
+        Self::ALL.iter().copied().find(|t| t.id() == id)
     }
 
+    /// The id GGUF stores.
     pub fn id(self) -> u32 {
-        self as u32
+        use GgmlType::*;
+        match self {
+            F32 => 0,
+            F16 => 1,
+            Q4_0 => 2,
+            Q4_1 => 3,
+            Q5_0 => 6,
+            Q5_1 => 7,
+            Q8_0 => 8,
+            Q8_1 => 9,
+            Q2K => 10,
+            Q3K => 11,
+            Q4K => 12,
+            Q5K => 13,
+            Q6K => 14,
+            Q8K => 15,
+            BF16 => 30,
+            Frugal(t) => t.id(),
+        }
     }
 
-    /// Elements per block.
+    /// Whether ggml (llama.cpp) can read this type.
+    pub fn is_ggml(self) -> bool {
+        !matches!(self, GgmlType::Frugal(_))
+    }
+
+    /// Elements per block. Row-wise frugal types pack 32 elements at a
+    /// time after a header per row (see [`GgmlType::row_bytes`]).
     pub fn block_size(self) -> usize {
         use GgmlType::*;
         match self {
+            Frugal(FrugalType::Affine {
+                group: g @ 32..=256,
+                ..
+            }) => g as usize,
+            Frugal(_) => 32,
             F32 | F16 | BF16 => 1,
             Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 => 32,
             Q2K | Q3K | Q4K | Q5K | Q6K | Q8K => QK_K,
         }
     }
 
-    /// Bytes per block.
+    /// Bytes per block (for row-wise frugal types, without the row's header).
     pub fn type_size(self) -> usize {
         use GgmlType::*;
         match self {
+            Frugal(t) if t.is_row_wise() => 4 * t.code_bits(),
+            Frugal(t) => t.header_bytes() + self.block_size() / 8 * t.code_bits(),
             F32 => 4,
             F16 | BF16 => 2,
             Q4_0 => 2 + 16,
@@ -94,7 +243,8 @@ impl GgmlType {
         matches!(self, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
     }
 
-    /// Bits per weight, including block scales.
+    /// Bits per weight, including block scales (for row-wise frugal types,
+    /// without the row header, which adds `64 / row length` or less).
     pub fn bits_per_weight(self) -> f64 {
         self.type_size() as f64 * 8.0 / self.block_size() as f64
     }
@@ -106,13 +256,38 @@ impl GgmlType {
         if !n.is_multiple_of(bs) {
             return None;
         }
-        (n / bs).checked_mul(self.type_size() as u64)
+        let blocks = (n / bs).checked_mul(self.type_size() as u64)?;
+        match self {
+            GgmlType::Frugal(t) if t.is_row_wise() => {
+                // A row needs at least one element to carry a header.
+                if n == 0 {
+                    Some(0)
+                } else {
+                    blocks.checked_add(t.header_bytes() as u64)
+                }
+            }
+            _ => Some(blocks),
+        }
     }
 
-    /// The name ggml and llama.cpp print for this type.
+    /// The name ggml and llama.cpp print for this type (frugal's own names
+    /// for its types, e.g. `FQ3a_g128`, `FQ8s_row`, `W8_row`).
     pub fn name(self) -> &'static str {
         use GgmlType::*;
         match self {
+            Frugal(t) => {
+                static NAMES: OnceLock<Vec<(FrugalType, &'static str)>> = OnceLock::new();
+                NAMES
+                    .get_or_init(|| {
+                        FrugalType::all()
+                            .iter()
+                            .map(|&t| (t, &*Box::leak(t.name().into_boxed_str())))
+                            .collect()
+                    })
+                    .iter()
+                    .find(|(u, _)| *u == t)
+                    .map_or("FQ?", |(_, n)| n)
+            }
             F32 => "F32",
             F16 => "F16",
             BF16 => "BF16",
@@ -136,6 +311,7 @@ impl GgmlType {
         Self::ALL
             .iter()
             .copied()
+            .chain(FrugalType::all().iter().map(|&t| GgmlType::Frugal(t)))
             .find(|t| t.name().eq_ignore_ascii_case(s))
     }
 }
@@ -175,6 +351,39 @@ mod tests {
         }
         assert_eq!(GgmlType::from_id(4), None); // removed Q4_2
         assert_eq!(GgmlType::from_id(9999), None);
+        for &t in FrugalType::all() {
+            let g = GgmlType::Frugal(t);
+            assert!(t.is_valid());
+            assert_eq!(GgmlType::from_id(g.id()), Some(g), "{g}");
+            assert_eq!(GgmlType::from_name(g.name()), Some(g), "{g}");
+            assert!(g.id() > i32::MAX as u32 / 2, "far from ggml's ids");
+            assert!(!g.is_ggml());
+        }
+        // Distinct ids and names.
+        let all = FrugalType::all();
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a.id(), b.id());
+                assert_ne!(GgmlType::Frugal(*a).name(), GgmlType::Frugal(*b).name());
+            }
+        }
+        assert_eq!(GgmlType::from_id(FRUGAL_ID | 0x0999), None);
+    }
+
+    #[test]
+    fn frugal_sizes() {
+        let g = |bits, group, sym| GgmlType::Frugal(FrugalType::Affine { bits, group, sym });
+        // 3-bit, groups of 128, f16 scale and offset: 4 + 48 bytes.
+        assert_eq!(g(3, 128, false).row_bytes(256), Some(2 * 52));
+        assert_eq!(g(3, 128, false).row_bytes(96), None);
+        // Symmetric: scale only.
+        assert_eq!(g(4, 32, true).row_bytes(64), Some(2 * 18));
+        // Row-wise: one header, then 32 codes at a time.
+        assert_eq!(g(2, 0, false).row_bytes(576), Some(4 + 576 / 4));
+        assert_eq!(g(2, 0, false).row_bytes(48), None);
+        let w8 = GgmlType::Frugal(FrugalType::W8Row);
+        assert_eq!(w8.row_bytes(576), Some(8 + 576));
+        assert_eq!(w8.row_bytes(0), Some(0));
     }
 
     #[test]

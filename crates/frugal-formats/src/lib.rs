@@ -14,7 +14,7 @@ pub mod hf;
 pub mod llama2c;
 
 pub use error::FormatError;
-pub use ggml_type::{GgmlType, QK_K};
+pub use ggml_type::{FrugalType, GgmlType, QK_K};
 pub use metadata::{MetaType, MetaValue, Metadata};
 pub use tensor::{Tensor, TensorData};
 
