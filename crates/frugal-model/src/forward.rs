@@ -347,8 +347,9 @@ impl Model {
         }
     }
 
-    /// Rotate each head of `x` (n tokens × heads × head_dim) by its position.
-    fn rope(&self, x: &mut [f32], heads: usize, pos0: usize) {
+    /// Rotate each head of `x` (n tokens × heads × head_dim) by its position
+    /// (`pos0` for the first token).
+    pub fn rope(&self, x: &mut [f32], heads: usize, pos0: usize) {
         let hd = self.config.head_dim;
         let half = self.config.rope_dim / 2;
         let style = self.config.rope_style;
@@ -455,7 +456,7 @@ fn add_assign(x: &mut [f32], y: &[f32]) {
 }
 
 /// gate ← silu(gate) · up
-fn swiglu(gate: &mut [f32], up: &[f32]) {
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
         *g = *g / (1.0 + (-*g).exp()) * u;
     }

@@ -15,7 +15,7 @@ pub mod sampling;
 mod weights;
 
 pub use config::{Arch, ModelConfig, RopeStyle};
-pub use forward::{rms_norm, softmax, Logits, Model, State};
+pub use forward::{rms_norm, softmax, swiglu, Logits, Model, State};
 pub use kv::KvCache;
 pub use load::{load, LoadedModel};
 pub use sampling::{Sampler, SamplerConfig};
