@@ -42,6 +42,8 @@ enum Command {
     Report(cmd::report::Args),
     /// Write a model as GGUF or as a Hugging Face safetensors folder.
     Convert(cmd::convert::Args),
+    /// Quantize a model: RTN, imatrix or GPTQ, into ggml types or frugal's own.
+    Quantize(cmd::quantize::Args),
 }
 
 impl Command {
@@ -53,6 +55,7 @@ impl Command {
             Command::Perplexity(a) => a.model.threads,
             Command::Eval(a) => a.model.threads,
             Command::Bench(a) => a.model.threads,
+            Command::Quantize(a) => a.threads,
             Command::Fetch(_) | Command::Inspect(_) | Command::Convert(_) | Command::Report(_) => {
                 None
             }
@@ -70,6 +73,7 @@ impl Command {
             Command::Bench(a) => cmd::bench::run(a),
             Command::Report(a) => cmd::report::run(a),
             Command::Convert(a) => cmd::convert::run(a),
+            Command::Quantize(a) => cmd::quantize::run(a),
         }
     }
 }

@@ -66,7 +66,8 @@ impl Tensor {
 
     /// Bytes of one row.
     pub fn row_bytes(&self) -> usize {
-        self.row_len() / self.ty.block_size() * self.ty.type_size()
+        // Checked at load: rows are whole blocks.
+        self.ty.row_bytes(self.row_len() as u64).unwrap_or(0) as usize
     }
 
     /// An owned F32 tensor.

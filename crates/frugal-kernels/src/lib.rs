@@ -1,15 +1,17 @@
 //! CPU kernels for frugal.
 //!
 //! Layout follows ggml: each format is a packed `#[repr(C)]` block struct in its
-//! module ([`legacy`], [`kquants`], [`floats`]), each type has an entry in the [`traits`] table (dequantize,
+//! module ([`legacy`], [`kquants`], [`floats`], [`frugal`]), each type has an entry in the [`traits`] table (dequantize,
 //! quantize, dot product), and [`matmul`] runs a weight matrix against
 //! activations on all threads. Every SIMD kernel has a scalar reference and is
 //! tested against it.
 
 pub mod floats;
+pub mod frugal;
 pub mod kquants;
 pub mod legacy;
 pub mod matmul;
+pub mod sgemm;
 pub mod traits;
 
 pub use traits::{detected_isa, traits, Isa, TypeTraits};
@@ -27,9 +29,21 @@ impl std::fmt::Display for KernelError {
 }
 impl std::error::Error for KernelError {}
 
-/// Dequantize a whole tensor's bytes into `dst` (`dst.len()` elements).
+/// Whether `ty` has a header per row (so a tensor is not one long row).
+fn is_row_wise(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Frugal(t) if t.is_row_wise())
+}
+
+/// Dequantize a whole tensor's bytes into `dst` (`dst.len()` elements), as
+/// one run of blocks. Refuses row-wise types (frugal's types with a header
+/// per row), whose rows must be told apart: use [`dequantize_rows`].
 pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), KernelError> {
     let t = traits(ty).ok_or_else(|| KernelError(format!("no kernels for type {ty}")))?;
+    if is_row_wise(ty) {
+        return Err(KernelError(format!(
+            "{ty} has a header per row: dequantize it with dequantize_rows and the row length"
+        )));
+    }
     let n = dst.len();
     let need = ty
         .row_bytes(n as u64)
@@ -41,5 +55,57 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Kerne
         )));
     }
     (t.to_float)(src, dst);
+    Ok(())
+}
+
+/// Dequantize a tensor of rows of `row_len` elements into `dst`
+/// (`dst.len()` elements, a whole number of rows). Works for every type;
+/// row-wise types are decoded one row at a time.
+pub fn dequantize_rows(
+    ty: GgmlType,
+    src: &[u8],
+    dst: &mut [f32],
+    row_len: usize,
+) -> Result<(), KernelError> {
+    let t = traits(ty).ok_or_else(|| KernelError(format!("no kernels for type {ty}")))?;
+    let n = dst.len();
+    if n == 0 {
+        return if src.is_empty() {
+            Ok(())
+        } else {
+            Err(KernelError(format!(
+                "{ty}: 0 elements need 0 bytes, got {}",
+                src.len()
+            )))
+        };
+    }
+    if row_len == 0 || !n.is_multiple_of(row_len) {
+        return Err(KernelError(format!(
+            "{ty}: {n} elements is not whole rows of {row_len}"
+        )));
+    }
+    let rb = ty.row_bytes(row_len as u64).ok_or_else(|| {
+        KernelError(format!(
+            "{ty}: a row of {row_len} elements is not whole blocks"
+        ))
+    })?;
+    let need = (n / row_len) as u64 * rb;
+    if src.len() as u64 != need {
+        return Err(KernelError(format!(
+            "{ty}: {} rows of {row_len} elements need {need} bytes, got {}",
+            n / row_len,
+            src.len()
+        )));
+    }
+    if is_row_wise(ty) {
+        for (s, d) in src
+            .chunks_exact(rb as usize)
+            .zip(dst.chunks_exact_mut(row_len))
+        {
+            (t.to_float)(s, d);
+        }
+    } else {
+        (t.to_float)(src, dst);
+    }
     Ok(())
 }

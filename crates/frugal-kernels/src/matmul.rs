@@ -15,9 +15,10 @@
 //! stay in L2 while all tokens pass; for one token (decode) they go through
 //! a matrix-vector kernel (`legacy::avx512::gemv`) that takes four rows at
 //! once, sharing each activation load, reduces their block sums together and
-//! prefetches the weights well ahead. Every other type (floats, k-quants, …)
-//! runs its traits `vec_dot` per (row, token), in blocks of 16 rows that
-//! stay in cache across all tokens (prefetching the next block for one token).
+//! prefetches the weights well ahead. Every other type (floats, k-quants,
+//! frugal's own types, …) runs its traits `vec_dot` per (row, token), in
+//! blocks of 16 rows that stay in cache across all tokens (prefetching the
+//! next block for one token).
 //!
 //! [`matmul_many`] runs several matrices that read the same activations
 //! (Q/K/V, gate/up) in one parallel region, saving the pool's wake-ups.
@@ -109,7 +110,8 @@ impl QuantizedActs {
     }
 
     /// Quantize `x` (n_tok × cols, row-major) to `dot_ty`. Always does the
-    /// work: the caller decides when an input can be reused.
+    /// work: the caller decides when an input can be reused. Types with a
+    /// header per row (frugal's `I8Tok`) are quantized one token at a time.
     pub fn quantize(&mut self, dot_ty: GgmlType, x: &[f32], n_tok: usize, cols: usize) {
         assert_eq!(
             x.len(),
@@ -133,10 +135,27 @@ impl QuantizedActs {
         self.cols = cols;
         self.row_bytes = row_bytes;
         self.data.resize(n_tok * row_bytes, 0);
-        // Rows are whole blocks, so the rows' blocks are contiguous: one call
-        // per group of tokens, groups in parallel for long prompts.
         const PAR_TOKENS: usize = 16;
-        if n_tok >= 2 * PAR_TOKENS && rayon::current_num_threads() > 1 && cols > 0 {
+        let parallel = n_tok >= 2 * PAR_TOKENS && rayon::current_num_threads() > 1 && cols > 0;
+        if matches!(dot_ty, GgmlType::Frugal(t) if t.is_row_wise()) {
+            // A header per row: the quantizer takes exactly one row.
+            if cols == 0 {
+                // Empty rows have no bytes.
+            } else if parallel {
+                x.par_chunks(cols)
+                    .zip(self.data.par_chunks_mut(row_bytes))
+                    .for_each(|(x, y)| quant(x, y));
+            } else {
+                for (x, y) in x
+                    .chunks_exact(cols)
+                    .zip(self.data.chunks_exact_mut(row_bytes))
+                {
+                    quant(x, y);
+                }
+            }
+        } else if parallel {
+            // Rows are whole blocks, so the rows' blocks are contiguous: one
+            // call per group of tokens, groups in parallel for long prompts.
             x.par_chunks(PAR_TOKENS * cols)
                 .zip(self.data.par_chunks_mut(PAR_TOKENS * row_bytes))
                 .for_each(|(x, y)| quant(x, y));

@@ -80,6 +80,7 @@ fn build_table() -> Vec<TypeTraits> {
     crate::floats::register(isa, &mut table);
     crate::legacy::register(isa, &mut table);
     crate::kquants::register(isa, &mut table);
+    crate::frugal::register(isa, &mut table);
     table
 }
 

@@ -46,7 +46,7 @@ pub fn qmatrix(t: &Tensor) -> QMatrix<'_> {
 /// Dequantize any tensor to f32.
 pub fn tensor_to_f32(t: &Tensor) -> Result<Vec<f32>, ModelError> {
     let mut out = vec![0.0f32; t.n_elements()];
-    frugal_kernels::dequantize(t.ty, t.bytes(), &mut out)
+    frugal_kernels::dequantize_rows(t.ty, t.bytes(), &mut out, t.row_len())
         .map_err(|e| ModelError::BadTensor(t.name.clone(), e.to_string()))?;
     Ok(out)
 }

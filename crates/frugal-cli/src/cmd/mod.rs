@@ -6,4 +6,5 @@ pub mod fetch;
 pub mod generate;
 pub mod inspect;
 pub mod perplexity;
+pub mod quantize;
 pub mod report;

@@ -1,0 +1,304 @@
+//! `frugal quantize`: a model through a rounding method into a storage format.
+
+use crate::common::{progress_bar, resolve_model};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::ValueEnum;
+use frugal_compress::calib::Calibration;
+use frugal_compress::quant::pipeline::{quantize_model, QuantizeOptions, Quantized};
+use frugal_compress::quant::{Gptq, Method, Rtn};
+use frugal_formats::gguf::GgufWriter;
+use frugal_formats::{FrugalType, GgmlType, MetaValue};
+use frugal_model::load::{load_source, load_tokenizer};
+use frugal_model::Model;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    /// Round to nearest, block by block (llama-quantize's output, byte for byte, for ggml types).
+    Rtn,
+    /// Round to nearest with scales searched under calibration activation energy (llama.cpp's imatrix).
+    Imatrix,
+    /// GPTQ: column-by-column rounding with error feedback through the calibration Hessian.
+    Gptq,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "\
+Formats: ggml types Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K Q4_K Q5_K Q6_K (llama.cpp reads them), or \
+frugal's own FQ<bits><a|s>_g<group> / FQ<bits><a|s>_row (asymmetric or symmetric, groups of \
+32-256 or one scale per row; llama.cpp refuses them). --bits/--group/--sym pick the ggml type \
+when one expresses the scheme, else a frugal type.
+
+Calibrate on text that is not your evaluation text, e.g. wikitext-2 valid.txt when you evaluate on wiki.test.raw.
+
+Examples:
+  frugal quantize -m model-f32.gguf -o q4_0.gguf --type Q4_0
+  frugal quantize -m model-f32.gguf -o gptq3.gguf --method gptq --bits 3 --group 128 --calib valid.txt")]
+pub struct Args {
+    /// Model to quantize (path or known name). A float model gives the best results.
+    #[arg(short, long)]
+    pub model: String,
+    /// Output GGUF file (written under a temporary name, then renamed).
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Rounding method.
+    #[arg(long, value_enum, default_value = "rtn")]
+    pub method: MethodArg,
+    /// Storage type of the block matrices (see below). Conflicts with --bits.
+    #[arg(long = "type", conflicts_with_all = ["bits", "group", "sym"])]
+    pub ty: Option<String>,
+    /// Bits per weight code, 2 to 8 (with --group and --sym), instead of --type.
+    #[arg(long)]
+    pub bits: Option<u8>,
+    /// Elements per scale: 32, 64, 128 or 256; 0 for one scale per row (per channel).
+    #[arg(long, default_value = "32", requires = "bits")]
+    pub group: u16,
+    /// Symmetric codes (scale only) instead of asymmetric (scale and offset).
+    #[arg(long, requires = "bits")]
+    pub sym: bool,
+    /// Type of the output matrix (and of the embedding when the model ties them).
+    /// Default: Q6_K, or Q8_0 for 8-bit types (with llama.cpp's fallbacks).
+    #[arg(long)]
+    pub output_type: Option<String>,
+    /// Type of the token embedding when untied. Default: the block type.
+    #[arg(long)]
+    pub embd_type: Option<String>,
+    /// Calibration text file (for imatrix and gptq).
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    /// Calibration tokens in all.
+    #[arg(long, default_value = "65536")]
+    pub calib_tokens: usize,
+    /// Tokens per calibration sequence.
+    #[arg(long, default_value = "512")]
+    pub calib_ctx: usize,
+    /// GPTQ: visit columns by decreasing activation energy (static groups).
+    #[arg(long)]
+    pub act_order: bool,
+    /// GPTQ: damping, as a fraction of the Hessian's mean diagonal.
+    #[arg(long, default_value = "0.01")]
+    pub damp: f32,
+    /// Threads (default: all cores).
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// A type name (ggml's or frugal's), as a quantized weight type.
+fn parse_type(s: &str) -> Result<GgmlType> {
+    let t = GgmlType::from_name(s).ok_or_else(|| {
+        anyhow!("unknown type `{s}` (try Q4_0, Q4_K, Q8_0, FQ3a_g128, FQ4s_row, ...)")
+    })?;
+    if matches!(
+        t,
+        GgmlType::Q8_1 | GgmlType::Q8K | GgmlType::Frugal(FrugalType::I8Tok)
+    ) {
+        bail!("{t} is an activation type, not a weight type");
+    }
+    Ok(t)
+}
+
+/// The type for `--bits/--group/--sym`: a ggml type where one is exactly
+/// this scheme, else frugal's own.
+fn type_for_bits(bits: u8, group: u16, sym: bool) -> Result<GgmlType> {
+    if !(2..=8).contains(&bits) {
+        bail!("--bits {bits}: frugal quantizes to 2 to 8 bits");
+    }
+    if !matches!(group, 0 | 32 | 64 | 128 | 256) {
+        bail!("--group {group}: use 32, 64, 128, 256, or 0 for one scale per row");
+    }
+    Ok(match (bits, group, sym) {
+        (8, 32, true) => GgmlType::Q8_0,
+        (4, 32, true) => GgmlType::Q4_0,
+        (4, 32, false) => GgmlType::Q4_1,
+        (5, 32, true) => GgmlType::Q5_0,
+        (5, 32, false) => GgmlType::Q5_1,
+        _ => GgmlType::Frugal(FrugalType::Affine { bits, group, sym }),
+    })
+}
+
+/// llama.cpp's `general.file_type` for a pure model of `ty`, if it has one.
+fn file_type(ty: GgmlType) -> Option<u32> {
+    use GgmlType::*;
+    Some(match ty {
+        F32 => 0,
+        F16 => 1,
+        Q4_0 => 2,
+        Q4_1 => 3,
+        Q8_0 => 7,
+        Q5_0 => 8,
+        Q5_1 => 9,
+        Q2K => 10,
+        Q3K => 11,
+        Q4K => 14,
+        Q5K => 16,
+        Q6K => 18,
+        BF16 => 32,
+        _ => return None,
+    })
+}
+
+/// Fails early (before minutes of work) if `out` cannot be written.
+fn check_writable(out: &std::path::Path) -> Result<()> {
+    if out.is_dir() {
+        bail!("--out {} is a directory", out.display());
+    }
+    let mut probe = out.as_os_str().to_owned();
+    probe.push(format!(".probe{}", std::process::id()));
+    let probe = PathBuf::from(probe);
+    std::fs::File::create(&probe)
+        .with_context(|| format!("cannot write next to {}", out.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let ty = match (&a.ty, a.bits) {
+        (Some(t), _) => parse_type(t)?,
+        (None, Some(b)) => type_for_bits(b, a.group, a.sym)?,
+        (None, None) => bail!("give a storage type: --type Q4_K, or --bits N [--group G] [--sym]"),
+    };
+    if ty.is_float() {
+        bail!("{ty} is not a quantized type; use `frugal convert --type` for float conversions");
+    }
+    let method: Box<dyn Method> = match a.method {
+        MethodArg::Rtn => Box::new(Rtn { imatrix: false }),
+        MethodArg::Imatrix => Box::new(Rtn { imatrix: true }),
+        MethodArg::Gptq => {
+            if !(0.0..1.0).contains(&a.damp) {
+                bail!("--damp {}: use a fraction in [0, 1)", a.damp);
+            }
+            Box::new(Gptq {
+                damp: a.damp,
+                act_order: a.act_order,
+                ..Gptq::default()
+            })
+        }
+    };
+    let eight_bit =
+        ty == GgmlType::Q8_0 || matches!(ty, GgmlType::Frugal(FrugalType::Affine { bits: 8, .. }));
+    let output_ty = match &a.output_type {
+        Some(t) => parse_type(t)?,
+        None if eight_bit => GgmlType::Q8_0,
+        None => GgmlType::Q6K,
+    };
+    let embd_ty = match &a.embd_type {
+        Some(t) => parse_type(t)?,
+        None => ty,
+    };
+    if method.needs_calibration() && a.calib.is_none() {
+        bail!(
+            "--method {} needs calibration text: --calib FILE",
+            method.name()
+        );
+    }
+    check_writable(&a.out)?;
+
+    let path = resolve_model(&a.model, a.quiet)?;
+    let (src, _) = load_source(&path).with_context(|| format!("reading {}", path.display()))?;
+    let model = Model::from_source(&src)?;
+    let calib = match &a.calib {
+        Some(p) if method.needs_calibration() => {
+            let tok = load_tokenizer(&src, model.config.n_vocab, None)?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading calibration text {}", p.display()))?;
+            let c = Calibration::from_text(&tok, &text, a.calib_tokens, a.calib_ctx)
+                .map_err(|e| anyhow!("{}: {e}", p.display()))?;
+            if !a.quiet {
+                eprintln!(
+                    "calibration: {} tokens in {} sequences from {}",
+                    c.n_tokens(),
+                    c.seqs.len(),
+                    p.display()
+                );
+            }
+            Some(c)
+        }
+        _ => None,
+    };
+
+    let t0 = Instant::now();
+    let pb = progress_bar(model.config.n_layer as u64, a.quiet, "quantizing layers");
+    let opts = QuantizeOptions {
+        method: method.as_ref(),
+        ty,
+        embd_ty,
+        output_ty,
+        calib: calib.as_ref(),
+    };
+    let q = quantize_model(&src, &model, &opts, &mut |done, _, _| {
+        pb.set_position(done as u64)
+    })
+    .map_err(|e| anyhow!(e))?;
+    pb.finish_and_clear();
+
+    let mut w = GgufWriter::new();
+    w.set_metadata(src.metadata.clone());
+    match file_type(ty) {
+        Some(ft) => w.set_meta("general.file_type", MetaValue::U32(ft)),
+        None => w.set_meta("general.file_type", MetaValue::U32(0)),
+    };
+    w.set_meta("general.quantization_version", MetaValue::U32(2));
+    w.set_meta("frugal.quantize.method", MetaValue::String(method.name()));
+    w.set_meta("frugal.quantize.type", MetaValue::String(ty.name().into()));
+    let frugal_types: Vec<MetaValue> = {
+        let mut v: Vec<&str> = q
+            .tensors
+            .iter()
+            .filter(|t| !t.ty.is_ggml())
+            .map(|t| t.ty.name())
+            .collect();
+        v.sort();
+        v.dedup();
+        v.into_iter().map(|s| MetaValue::String(s.into())).collect()
+    };
+    if !frugal_types.is_empty() {
+        w.set_meta(
+            "frugal.quantize.frugal_types",
+            MetaValue::Array(frugal_formats::MetaType::String, frugal_types),
+        );
+    }
+    for t in &src.tensors {
+        match q.tensors.iter().find(|n| n.name == t.name) {
+            Some(n) => {
+                let dims = n.dims.iter().map(|&d| d as u64).collect();
+                w.add_tensor(n.name.clone(), n.ty, dims, n.bytes.as_slice())?;
+            }
+            None => w.add(t)?,
+        }
+    }
+    w.write(&a.out)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    let bytes = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
+    if !a.quiet {
+        let mut notes = q.notes.clone();
+        notes.dedup_by(|x, y| x.split(':').nth(1) == y.split(':').nth(1));
+        for n in notes.iter().take(8) {
+            eprintln!("note: {n}");
+        }
+        if notes.len() > 8 {
+            eprintln!("note: ... and {} more fallbacks", notes.len() - 8);
+        }
+        if !frugal_types_used(&q) {
+            eprintln!("llama.cpp can read this file");
+        } else {
+            eprintln!("this file uses frugal's own types: only frugal reads it");
+        }
+    }
+    eprintln!(
+        "wrote {} ({:.1} MB) with {} into {} in {:.1} s",
+        a.out.display(),
+        bytes as f64 / 1e6,
+        method.name(),
+        ty,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn frugal_types_used(q: &Quantized) -> bool {
+    q.tensors.iter().any(|t| !t.ty.is_ggml())
+}

@@ -1,0 +1,199 @@
+//! `frugal quantize` on the real SmolLM2 model (fetched on first use) and
+//! on bad input.
+
+mod common;
+
+use frugal_formats::GgmlType;
+use frugal_model::load::load_source;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn frugal(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_frugal"))
+        .args(args)
+        .output()
+        .expect("run frugal")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = frugal(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "frugal {args:?} failed:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(args: &[&str], needle: &str) {
+    let out = frugal(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "frugal {args:?} should fail");
+    assert!(stderr.contains(needle), "expected `{needle}` in:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn ppl(model: &Path, chunks: &str) -> f64 {
+    let wiki = common::shared().join("data/wikitext-2-raw/wiki.test.raw");
+    let out = ok(&[
+        "perplexity",
+        "-q",
+        "--json",
+        "-m",
+        model.to_str().unwrap(),
+        "-f",
+        wiki.to_str().unwrap(),
+        "--chunks",
+        chunks,
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["ppl"].as_f64().unwrap()
+}
+
+/// An F32 copy of SmolLM2 (the quantizer's usual input).
+fn smollm2_f32(dir: &Path) -> std::path::PathBuf {
+    let q41 = frugal_fetch::fetch("smollm2-135m").unwrap();
+    let out = dir.join("smol-f32.gguf");
+    ok(&[
+        "convert",
+        "-m",
+        q41.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--type",
+        "f32",
+    ]);
+    out
+}
+
+#[test]
+fn rtn_writes_the_reference_quantizers_bytes_and_gptq_beats_it_at_3_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let f32_path = smollm2_f32(dir.path());
+    let f32s = f32_path.to_str().unwrap();
+
+    // RTN into Q4_0: every block matrix is the reference quantizer's output
+    // (the kernels' tests hold that to ggml's bytes).
+    let q4 = dir.path().join("q4_0.gguf");
+    ok(&[
+        "quantize",
+        "-q",
+        "-m",
+        f32s,
+        "-o",
+        q4.to_str().unwrap(),
+        "--type",
+        "Q4_0",
+    ]);
+    let (base, _) = load_source(&f32_path).unwrap();
+    let (quant, _) = load_source(&q4).unwrap();
+    let from_float = frugal_kernels::traits(GgmlType::Q4_0)
+        .unwrap()
+        .from_float
+        .unwrap();
+    let mut checked = 0;
+    for t in quant.tensors.iter().filter(|t| t.name.starts_with("blk.")) {
+        if t.dims.len() < 2 {
+            assert_eq!(t.ty, GgmlType::F32, "{}", t.name);
+            continue;
+        }
+        assert_eq!(t.ty, GgmlType::Q4_0, "{}", t.name);
+        let x = frugal_model::tensor_to_f32(base.tensor(&t.name).unwrap()).unwrap();
+        let mut want = vec![0u8; t.bytes().len()];
+        from_float(&x, &mut want);
+        assert!(
+            t.bytes() == want.as_slice(),
+            "{} differs from the reference",
+            t.name
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 30 * 7);
+    // The embedding (tied output) gets Q6_K's fallback for 576 columns.
+    assert_eq!(
+        quant.tensor("token_embd.weight").unwrap().ty,
+        GgmlType::Q8_0
+    );
+
+    // 3 bits, groups of 128 (a frugal type): RTN collapses, GPTQ holds up,
+    // even with little calibration text.
+    let calib = common::shared().join("data/wikitext-2/valid.txt");
+    let rtn3 = dir.path().join("rtn3.gguf");
+    let gptq3 = dir.path().join("gptq3.gguf");
+    let three = ["--bits", "3", "--group", "128"];
+    let mut a = vec!["quantize", "-q", "-m", f32s, "-o", rtn3.to_str().unwrap()];
+    a.extend(three);
+    ok(&a);
+    let mut a = vec!["quantize", "-q", "-m", f32s, "-o", gptq3.to_str().unwrap()];
+    a.extend(three);
+    a.extend(["--method", "gptq", "--calib", calib.to_str().unwrap()]);
+    a.extend(["--calib-tokens", "2048"]);
+    ok(&a);
+    let (p_rtn, p_gptq) = (ppl(&rtn3, "4"), ppl(&gptq3, "4"));
+    assert!(
+        p_gptq < 0.7 * p_rtn,
+        "3-bit GPTQ ppl {p_gptq:.2} should be far below RTN's {p_rtn:.2}"
+    );
+    let (q3, _) = load_source(&gptq3).unwrap();
+    assert_eq!(
+        q3.tensor("blk.0.ffn_down.weight").unwrap().ty.name(),
+        "FQ3a_g128"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let q41 = frugal_fetch::fetch("smollm2-135m").unwrap();
+    let m = q41.to_str().unwrap();
+    let out = dir.path().join("out.gguf");
+    let o = out.to_str().unwrap();
+    fails(
+        &["quantize", "-m", m, "-o", o, "--type", "Q9_9"],
+        "unknown type `Q9_9`",
+    );
+    fails(
+        &["quantize", "-m", m, "-o", o, "--bits", "9"],
+        "2 to 8 bits",
+    );
+    fails(
+        &["quantize", "-m", m, "-o", o, "--bits", "4", "--group", "48"],
+        "--group 48",
+    );
+    fails(
+        &["quantize", "-m", m, "-o", o, "--type", "Q8_K"],
+        "activation type",
+    );
+    fails(
+        &["quantize", "-m", m, "-o", o, "--type", "F16"],
+        "not a quantized type",
+    );
+    fails(
+        &[
+            "quantize", "-m", m, "-o", o, "--type", "Q4_0", "--method", "gptq",
+        ],
+        "needs calibration text",
+    );
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "Only a few words of calibration text.").unwrap();
+    let s = short.to_str().unwrap();
+    let gptq = ["--method", "gptq", "--calib", s, "--calib-tokens", "4096"];
+    let mut a = vec!["quantize", "-m", m, "-o", o, "--type", "Q4_0"];
+    a.extend(gptq);
+    fails(&a, "calibration text has");
+    fails(
+        &[
+            "quantize",
+            "-m",
+            m,
+            "-o",
+            "/nonexistent-dir/x.gguf",
+            "--type",
+            "Q4_0",
+        ],
+        "cannot write",
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "short.txt")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -1,0 +1,333 @@
+//! Calibration: token sequences from text, and a layer-by-layer f32 pass
+//! of the model over them that exposes every linear layer's inputs.
+//!
+//! [`LayerPass`] keeps the residual stream of all calibration tokens and
+//! runs one transformer block at a time, in the order its matrices are
+//! used: attention inputs → Q, K, V → attention output → O → FFN inputs →
+//! gate, up → SwiGLU → down. Before each matrix is applied, the caller gets
+//! the matrix's input statistics and may replace the matrix (by its
+//! quantized version), so later matrices see the errors of earlier ones:
+//! GPTQ's "true sequential" order at the cost of one forward pass in all.
+
+use crate::quant::InputStats;
+use frugal_kernels::sgemm::{sgemm, View};
+use frugal_model::{rms_norm, swiglu, Layer, Model, ModelError};
+use frugal_tokenizer::Tokenizer;
+use rayon::prelude::*;
+
+/// Calibration token sequences, each starting with BOS where the model uses one.
+pub struct Calibration {
+    pub seqs: Vec<Vec<u32>>,
+}
+
+impl Calibration {
+    /// `n_tokens` tokens of `text` cut into sequences of `seq_len` (the last
+    /// may be shorter). An error names the shortfall when the text is too short.
+    pub fn from_text(
+        tok: &Tokenizer,
+        text: &str,
+        n_tokens: usize,
+        seq_len: usize,
+    ) -> Result<Calibration, String> {
+        if seq_len < 2 {
+            return Err(format!(
+                "calibration sequences of {seq_len} tokens are too short"
+            ));
+        }
+        if n_tokens == 0 {
+            return Err("calibration needs at least one token".into());
+        }
+        let bos = tok.bos_to_add();
+        let ids = tok.encode(text, false, false);
+        let body = seq_len - bos.is_some() as usize;
+        let n_seq = n_tokens.div_ceil(seq_len);
+        let need = n_tokens - n_seq * bos.is_some() as usize;
+        if ids.len() < need {
+            return Err(format!(
+                "the calibration text has {} tokens; {n_tokens} calibration tokens need {need}",
+                ids.len()
+            ));
+        }
+        let mut seqs = Vec::with_capacity(n_seq);
+        let mut at = 0;
+        let mut left = n_tokens;
+        while left > 0 {
+            let len = left.min(seq_len);
+            let mut s = Vec::with_capacity(len);
+            s.extend(bos);
+            let take = len - s.len();
+            s.extend_from_slice(&ids[at..at + take]);
+            at += take;
+            left -= len;
+            debug_assert!(s.len() <= body + 1);
+            seqs.push(s);
+        }
+        Ok(Calibration { seqs })
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.seqs.iter().map(|s| s.len()).sum()
+    }
+}
+
+/// The matrices of one block, in f32 (row-major, rows × cols).
+pub struct LayerF32 {
+    pub wq: Vec<f32>,
+    pub wk: Vec<f32>,
+    pub wv: Vec<f32>,
+    pub wo: Vec<f32>,
+    pub w_gate: Vec<f32>,
+    pub w_up: Vec<f32>,
+    pub w_down: Vec<f32>,
+}
+
+/// Which matrices of a block read the same input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site {
+    /// Q, K and V read the attention norm's output.
+    Qkv,
+    /// O reads the attention output.
+    AttnOut,
+    /// Gate and up read the FFN norm's output.
+    GateUp,
+    /// Down reads the SwiGLU output.
+    Down,
+}
+
+/// Tokens per chunk of the chunked passes (bounds the scratch memory).
+const CHUNK: usize = 2048;
+
+/// The residual stream of every calibration token, advanced one block at a time.
+pub struct LayerPass<'m> {
+    model: &'m Model,
+    seqs: Vec<(usize, usize)>,
+    /// n_tok × n_embd.
+    x: Vec<f32>,
+    n_tok: usize,
+}
+
+impl<'m> LayerPass<'m> {
+    /// Embeds the calibration tokens.
+    pub fn new(model: &'m Model, calib: &Calibration) -> Result<LayerPass<'m>, ModelError> {
+        let d = model.config.n_embd;
+        let n_tok = calib.n_tokens();
+        let mut x = vec![0.0f32; n_tok * d];
+        let mut seqs = Vec::new();
+        let mut at = 0;
+        let t = &model.weights.token_embd;
+        let to_float = frugal_kernels::traits(t.ty)
+            .ok_or_else(|| ModelError::BadTensor(t.name.clone(), "no kernels".into()))?
+            .to_float;
+        let rb = t.row_bytes();
+        for s in &calib.seqs {
+            for (i, &tok) in s.iter().enumerate() {
+                if tok as usize >= model.config.n_vocab {
+                    return Err(ModelError::Input(format!(
+                        "token {tok} outside the vocabulary"
+                    )));
+                }
+                to_float(
+                    &t.bytes()[tok as usize * rb..][..rb],
+                    &mut x[(at + i) * d..(at + i + 1) * d],
+                );
+            }
+            seqs.push((at, s.len()));
+            at += s.len();
+        }
+        Ok(LayerPass {
+            model,
+            seqs,
+            x,
+            n_tok,
+        })
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.n_tok
+    }
+
+    /// The residual stream (n_tokens × n_embd) after the blocks run so far.
+    pub fn hidden(&self) -> &[f32] {
+        &self.x
+    }
+
+    /// Runs block `li` with the matrices in `w`. Before the matrices of each
+    /// [`Site`] are used, `quantize(site, stats, w)` gets their input
+    /// statistics and may replace them in `w`.
+    pub fn run_layer(
+        &mut self,
+        li: usize,
+        w: &mut LayerF32,
+        quantize: &mut dyn FnMut(Site, &InputStats, &mut LayerF32) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let m = self.model;
+        let c = &m.config;
+        let layer: &Layer = &m.weights.layers[li];
+        let (d, qd, kvd, ff) = (c.n_embd, c.n_head * c.head_dim, c.kv_dim(), c.n_ff);
+        let n = self.n_tok;
+
+        // Q, K, V.
+        let mut st = InputStats::new(d);
+        for (a, b) in chunks(n) {
+            let mut xn = vec![0.0f32; (b - a) * d];
+            rms_norm(&self.x[a * d..b * d], &layer.attn_norm, c.rms_eps, &mut xn);
+            accumulate(&mut st, &xn);
+        }
+        quantize(Site::Qkv, &st, w)?;
+        drop(st);
+
+        // Attention, sequence by sequence; its output is kept for O.
+        let mut att = vec![0.0f32; n * qd];
+        for &(s0, len) in &self.seqs {
+            let mut xn = vec![0.0f32; len * d];
+            rms_norm(
+                &self.x[s0 * d..(s0 + len) * d],
+                &layer.attn_norm,
+                c.rms_eps,
+                &mut xn,
+            );
+            let mut q = linear(&xn, len, &w.wq, qd, layer.bq.as_deref());
+            let mut k = linear(&xn, len, &w.wk, kvd, layer.bk.as_deref());
+            let v = linear(&xn, len, &w.wv, kvd, layer.bv.as_deref());
+            m.rope(&mut q, c.n_head, 0);
+            m.rope(&mut k, c.n_head_kv, 0);
+            causal_attention(m, &q, &k, &v, len, &mut att[s0 * qd..(s0 + len) * qd]);
+        }
+        let mut st = InputStats::new(qd);
+        for (a, b) in chunks(n) {
+            accumulate(&mut st, &att[a * qd..b * qd]);
+        }
+        quantize(Site::AttnOut, &st, w)?;
+        drop(st);
+        for (a, b) in chunks(n) {
+            let o = linear(&att[a * qd..b * qd], b - a, &w.wo, d, layer.bo.as_deref());
+            add(&mut self.x[a * d..b * d], &o);
+        }
+        drop(att);
+
+        // Gate and up.
+        let mut st = InputStats::new(d);
+        for (a, b) in chunks(n) {
+            let mut xn = vec![0.0f32; (b - a) * d];
+            rms_norm(&self.x[a * d..b * d], &layer.ffn_norm, c.rms_eps, &mut xn);
+            accumulate(&mut st, &xn);
+        }
+        quantize(Site::GateUp, &st, w)?;
+        drop(st);
+        let mut h = vec![0.0f32; n * ff];
+        let mut st = InputStats::new(ff);
+        for (a, b) in chunks(n) {
+            let mut xn = vec![0.0f32; (b - a) * d];
+            rms_norm(&self.x[a * d..b * d], &layer.ffn_norm, c.rms_eps, &mut xn);
+            let mut g = linear(&xn, b - a, &w.w_gate, ff, None);
+            let u = linear(&xn, b - a, &w.w_up, ff, None);
+            swiglu(&mut g, &u);
+            accumulate(&mut st, &g);
+            h[a * ff..b * ff].copy_from_slice(&g);
+        }
+        quantize(Site::Down, &st, w)?;
+        drop(st);
+        for (a, b) in chunks(n) {
+            let o = linear(&h[a * ff..b * ff], b - a, &w.w_down, d, None);
+            add(&mut self.x[a * d..b * d], &o);
+        }
+        Ok(())
+    }
+}
+
+fn chunks(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n).step_by(CHUNK).map(move |a| (a, (a + CHUNK).min(n)))
+}
+
+/// xᵀx of a chunk of rows, added into the statistics.
+fn accumulate(st: &mut InputStats, x: &[f32]) {
+    let cols = st.cols;
+    let rows = x.len() / cols;
+    sgemm(
+        &mut st.xtx,
+        cols,
+        true,
+        View::transposed(x, rows, cols),
+        View::rows(x, rows, cols),
+        1.0,
+        true,
+    );
+    st.tokens += rows;
+}
+
+/// `x · wᵀ (+ bias)` for `n` rows of `x`; `w` is `out × cols`.
+pub fn linear(x: &[f32], n: usize, w: &[f32], out: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    let cols = w.len() / out.max(1);
+    let mut y = vec![0.0f32; n * out];
+    sgemm(
+        &mut y,
+        out,
+        false,
+        View::rows(x, n, cols),
+        View::transposed(w, out, cols),
+        1.0,
+        true,
+    );
+    if let Some(b) = bias {
+        for row in y.chunks_exact_mut(out) {
+            add(row, b);
+        }
+    }
+    y
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Causal multi-head attention over one whole sequence (GQA), one head per task.
+fn causal_attention(m: &Model, q: &[f32], k: &[f32], v: &[f32], len: usize, out: &mut [f32]) {
+    let c = &m.config;
+    let (hd, nh, kvd) = (c.head_dim, c.n_head, c.kv_dim());
+    let qd = nh * hd;
+    let group = nh / c.n_head_kv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let heads: Vec<Vec<f32>> = (0..nh)
+        .into_par_iter()
+        .map(|h| {
+            let kh = h / group;
+            let qv = View {
+                data: &q[h * hd..],
+                rows: len,
+                cols: hd,
+                rs: qd,
+                cs: 1,
+            };
+            let kt = View {
+                data: &k[kh * hd..],
+                rows: hd,
+                cols: len,
+                rs: 1,
+                cs: kvd,
+            };
+            let mut s = vec![0.0f32; len * len];
+            sgemm(&mut s, len, false, qv, kt, scale, false);
+            for (t, row) in s.chunks_exact_mut(len).enumerate() {
+                row[t + 1..].fill(0.0);
+                frugal_model::softmax(&mut row[..=t]);
+            }
+            let vv = View {
+                data: &v[kh * hd..],
+                rows: len,
+                cols: hd,
+                rs: kvd,
+                cs: 1,
+            };
+            let mut o = vec![0.0f32; len * hd];
+            sgemm(&mut o, hd, false, View::rows(&s, len, len), vv, 1.0, false);
+            o
+        })
+        .collect();
+    for (h, o) in heads.iter().enumerate() {
+        for t in 0..len {
+            out[t * qd + h * hd..t * qd + (h + 1) * hd].copy_from_slice(&o[t * hd..(t + 1) * hd]);
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Methods: how values are rounded, independent of how they are stored.
+//!
+//! A [`Method`] turns one f32 weight matrix into the bytes of a [`Format`],
+//! optionally using statistics of the matrix's inputs gathered on
+//! calibration text ([`InputStats`]). RTN rounds each block on its own with
+//! the format's reference quantizer; GPTQ ([`super::gptq`]) rounds column by
+//! column and spreads each column's error over the columns not yet rounded.
+
+use super::format::Format;
+use rayon::prelude::*;
+
+/// What calibration measured about a matrix's inputs.
+pub struct InputStats {
+    /// `cols × cols`, row-major: the sum over calibration tokens of x·xᵀ.
+    pub xtx: Vec<f32>,
+    pub cols: usize,
+    /// Tokens summed into `xtx`.
+    pub tokens: usize,
+}
+
+impl InputStats {
+    pub fn new(cols: usize) -> InputStats {
+        InputStats {
+            xtx: vec![0.0; cols * cols],
+            cols,
+            tokens: 0,
+        }
+    }
+
+    /// Mean squared activation of each input channel (the "importance
+    /// matrix" of llama.cpp's imatrix): the diagonal of xᵀx over the tokens.
+    pub fn channel_energy(&self) -> Vec<f32> {
+        let n = self.tokens.max(1) as f32;
+        (0..self.cols)
+            .map(|i| self.xtx[i * self.cols + i] / n)
+            .collect()
+    }
+}
+
+/// A rounding method.
+pub trait Method: Sync {
+    /// Short name for logs and file metadata.
+    fn name(&self) -> String;
+    /// Whether the method needs [`InputStats`] from calibration.
+    fn needs_calibration(&self) -> bool;
+    /// Quantize `w` (`rows × cols`, row-major) into `fmt`: `rows` rows of
+    /// `fmt.ty().row_bytes(cols)` bytes.
+    fn quantize(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        fmt: &dyn Format,
+        stats: Option<&InputStats>,
+    ) -> Result<Vec<u8>, String>;
+}
+
+/// Bytes of a `rows × cols` matrix in `fmt`.
+pub fn matrix_bytes(fmt: &dyn Format, rows: usize, cols: usize) -> Result<usize, String> {
+    let rb = fmt.ty().row_bytes(cols as u64).ok_or_else(|| {
+        format!(
+            "rows of {cols} elements are not whole {} blocks ({} elements)",
+            fmt.ty(),
+            fmt.fit_len(cols)
+        )
+    })?;
+    Ok(rows * rb as usize)
+}
+
+/// Round to nearest: each block on its own, by the format's reference
+/// quantizer (byte-for-byte llama.cpp's for ggml types). With an importance
+/// per input channel (imatrix) the format's scale search weighs the errors.
+pub struct Rtn {
+    /// Use the calibration's channel energy to steer the scale search.
+    pub imatrix: bool,
+}
+
+impl Method for Rtn {
+    fn name(&self) -> String {
+        if self.imatrix {
+            "rtn+imatrix".into()
+        } else {
+            "rtn".into()
+        }
+    }
+
+    fn needs_calibration(&self) -> bool {
+        self.imatrix
+    }
+
+    fn quantize(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        fmt: &dyn Format,
+        stats: Option<&InputStats>,
+    ) -> Result<Vec<u8>, String> {
+        let total = matrix_bytes(fmt, rows, cols)?;
+        let imp = match (self.imatrix, stats) {
+            (true, Some(s)) => Some(s.channel_energy()),
+            (true, None) => return Err("imatrix needs calibration statistics".into()),
+            _ => None,
+        };
+        let mut out = vec![0u8; total];
+        let rb = total / rows.max(1);
+        let n = fmt.fit_len(cols);
+        let bb = fmt.block_bytes(cols);
+        out.par_chunks_mut(rb)
+            .zip(w.par_chunks(cols))
+            .for_each(|(o, row)| {
+                for (bi, (ob, x)) in o.chunks_mut(bb).zip(row.chunks(n)).enumerate() {
+                    let im = imp.as_ref().map(|v| &v[bi * n..(bi + 1) * n]);
+                    fmt.fit(x, im, ob);
+                }
+            });
+        Ok(out)
+    }
+}

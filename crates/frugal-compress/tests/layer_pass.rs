@@ -1,0 +1,72 @@
+//! The calibration pass must compute what the model computes: with no
+//! matrix replaced, its hidden states match the inference forward pass.
+
+use frugal_compress::calib::{Calibration, LayerF32, LayerPass};
+use frugal_model::{load, rms_norm, tensor_to_f32, Logits};
+use std::path::PathBuf;
+
+fn shared() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
+    assert!(
+        dir.join("models/stories260K/stories260K.bin").exists(),
+        "test material missing: expected ../shared/models/stories260K beside the checkout (see the README)"
+    );
+    dir
+}
+
+#[test]
+fn layer_pass_matches_the_forward_pass() {
+    let dir = shared().join("models/stories260K");
+    let lm = load(&dir.join("stories260K.bin"), Some(&dir.join("tok512.bin"))).unwrap();
+    let m = &lm.model;
+    let seqs = vec![
+        vec![1u32, 403, 407, 261, 378, 300, 270, 290, 284, 1, 5, 9],
+        vec![1u32, 17, 33, 35, 200, 201],
+    ];
+    let calib = Calibration { seqs: seqs.clone() };
+    let mut pass = LayerPass::new(m, &calib).unwrap();
+    for (li, l) in m.weights.layers.iter().enumerate() {
+        let f = |t| tensor_to_f32(t).unwrap();
+        let mut w = LayerF32 {
+            wq: f(&l.wq),
+            wk: f(&l.wk),
+            wv: f(&l.wv),
+            wo: f(&l.wo),
+            w_gate: f(&l.w_gate),
+            w_up: f(&l.w_up),
+            w_down: f(&l.w_down),
+        };
+        let mut sites = Vec::new();
+        pass.run_layer(li, &mut w, &mut |site, st, _| {
+            assert!(st.tokens == 18, "statistics over every token");
+            sites.push(site);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(sites.len(), 4);
+    }
+    let d = m.config.n_embd;
+    let mut at = 0;
+    for s in &seqs {
+        let mut kv = m.new_cache(64).unwrap();
+        let mut st = m.new_state(s.len(), true);
+        let want = m
+            .forward_hidden(s, &mut kv, &mut st, Logits::All)
+            .unwrap()
+            .to_vec();
+        let mut got = vec![0.0f32; s.len() * d];
+        rms_norm(
+            &pass.hidden()[at * d..(at + s.len()) * d],
+            &m.weights.output_norm,
+            m.config.rms_eps,
+            &mut got,
+        );
+        let max = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max < 1e-3, "hidden states differ by {max}");
+        at += s.len();
+    }
+}
