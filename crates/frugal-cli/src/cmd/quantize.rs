@@ -17,8 +17,6 @@ use std::time::Instant;
 pub enum MethodArg {
     /// Round to nearest, block by block (llama-quantize's output, byte for byte, for ggml types).
     Rtn,
-    /// Round to nearest with scales searched under calibration activation energy (llama.cpp's imatrix).
-    Imatrix,
     /// GPTQ: column-by-column rounding with error feedback through the calibration Hessian.
     Gptq,
 }
@@ -64,7 +62,7 @@ pub struct Args {
     /// Type of the token embedding when untied. Default: the block type.
     #[arg(long)]
     pub embd_type: Option<String>,
-    /// Calibration text file (for imatrix and gptq).
+    /// Calibration text file (for gptq).
     #[arg(long)]
     pub calib: Option<PathBuf>,
     /// Calibration tokens in all.
@@ -165,8 +163,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{ty} is not a quantized type; use `frugal convert --type` for float conversions");
     }
     let method: Box<dyn Method> = match a.method {
-        MethodArg::Rtn => Box::new(Rtn { imatrix: false }),
-        MethodArg::Imatrix => Box::new(Rtn { imatrix: true }),
+        MethodArg::Rtn => Box::new(Rtn),
         MethodArg::Gptq => {
             if !(0.0..1.0).contains(&a.damp) {
                 bail!("--damp {}: use a fraction in [0, 1)", a.damp);

@@ -30,9 +30,8 @@ pub trait Format: Sync {
     /// The highest code.
     fn qmax(&self) -> u8;
     /// Choose the scales for `x` (one fit block) and round it: the format's
-    /// reference quantizer. `importance`, one weight per element, steers the
-    /// scale search where the format supports it.
-    fn fit(&self, x: &[f32], importance: Option<&[f32]>, out: &mut [u8]);
+    /// reference quantizer.
+    fn fit(&self, x: &[f32], out: &mut [u8]);
     /// Overwrite the codes of a fitted block (one code per element).
     fn set_codes(&self, block: &mut [u8], codes: &[u8]);
     /// Each element's `(scale, offset)` in a fitted block: its value is
@@ -149,7 +148,7 @@ impl Format for TypeFormat {
         }
     }
 
-    fn fit(&self, x: &[f32], _importance: Option<&[f32]>, out: &mut [u8]) {
+    fn fit(&self, x: &[f32], out: &mut [u8]) {
         let q = traits(self.ty)
             .and_then(|t| t.from_float)
             .expect("checked in TypeFormat::new");
@@ -273,7 +272,7 @@ mod tests {
             let n = f.fit_len(cols);
             let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
             let mut blk = vec![0u8; f.block_bytes(cols)];
-            f.fit(&x, None, &mut blk);
+            f.fit(&x, &mut blk);
             let (mut s, mut o) = (vec![0.0; n], vec![0.0; n]);
             f.levels(&blk, &mut s, &mut o);
             let codes: Vec<u8> = (0..n)

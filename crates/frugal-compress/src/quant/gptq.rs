@@ -180,7 +180,7 @@ impl Ctx<'_> {
         let fit =
             |r: usize, b: usize, x: &[f32], blocks: &mut [u8], s: &mut [f32], o: &mut [f32]| {
                 let blk = &mut blocks[(r * nblk + b) * bb..][..bb];
-                fmt.fit(x, None, blk);
+                fmt.fit(x, blk);
                 let at = r * cols + b * fit_len;
                 fmt.levels(blk, &mut s[at..at + fit_len], &mut o[at..at + fit_len]);
             };
@@ -333,9 +333,7 @@ mod tests {
         let w = weights(rows, cols, 2);
         for ty in [GgmlType::Q4_0, GgmlType::Q3K, GgmlType::Q4K, GgmlType::Q8_0] {
             let f = TypeFormat::new(ty).unwrap();
-            let rtn = Rtn { imatrix: false }
-                .quantize(&w, rows, cols, &f, None)
-                .unwrap();
+            let rtn = Rtn.quantize(&w, rows, cols, &f, None).unwrap();
             let e_rtn = output_error(&x, &w, &rtn, ty, rows, cols);
             for act_order in [false, true] {
                 let g = Gptq {
@@ -363,9 +361,7 @@ mod tests {
         }
         let w = weights(rows, cols, 3);
         let f = TypeFormat::new(GgmlType::Q4_1).unwrap();
-        let rtn = Rtn { imatrix: false }
-            .quantize(&w, rows, cols, &f, None)
-            .unwrap();
+        let rtn = Rtn.quantize(&w, rows, cols, &f, None).unwrap();
         let g = Gptq::default()
             .quantize(&w, rows, cols, &f, Some(&st))
             .unwrap();

@@ -26,15 +26,6 @@ impl InputStats {
             tokens: 0,
         }
     }
-
-    /// Mean squared activation of each input channel (the "importance
-    /// matrix" of llama.cpp's imatrix): the diagonal of xᵀx over the tokens.
-    pub fn channel_energy(&self) -> Vec<f32> {
-        let n = self.tokens.max(1) as f32;
-        (0..self.cols)
-            .map(|i| self.xtx[i * self.cols + i] / n)
-            .collect()
-    }
 }
 
 /// A rounding method.
@@ -68,24 +59,16 @@ pub fn matrix_bytes(fmt: &dyn Format, rows: usize, cols: usize) -> Result<usize,
 }
 
 /// Round to nearest: each block on its own, by the format's reference
-/// quantizer (byte-for-byte llama.cpp's for ggml types). With an importance
-/// per input channel (imatrix) the format's scale search weighs the errors.
-pub struct Rtn {
-    /// Use the calibration's channel energy to steer the scale search.
-    pub imatrix: bool,
-}
+/// quantizer (byte-for-byte llama.cpp's for ggml types).
+pub struct Rtn;
 
 impl Method for Rtn {
     fn name(&self) -> String {
-        if self.imatrix {
-            "rtn+imatrix".into()
-        } else {
-            "rtn".into()
-        }
+        "rtn".into()
     }
 
     fn needs_calibration(&self) -> bool {
-        self.imatrix
+        false
     }
 
     fn quantize(
@@ -94,14 +77,9 @@ impl Method for Rtn {
         rows: usize,
         cols: usize,
         fmt: &dyn Format,
-        stats: Option<&InputStats>,
+        _stats: Option<&InputStats>,
     ) -> Result<Vec<u8>, String> {
         let total = matrix_bytes(fmt, rows, cols)?;
-        let imp = match (self.imatrix, stats) {
-            (true, Some(s)) => Some(s.channel_energy()),
-            (true, None) => return Err("imatrix needs calibration statistics".into()),
-            _ => None,
-        };
         let mut out = vec![0u8; total];
         let rb = total / rows.max(1);
         let n = fmt.fit_len(cols);
@@ -109,9 +87,8 @@ impl Method for Rtn {
         out.par_chunks_mut(rb)
             .zip(w.par_chunks(cols))
             .for_each(|(o, row)| {
-                for (bi, (ob, x)) in o.chunks_mut(bb).zip(row.chunks(n)).enumerate() {
-                    let im = imp.as_ref().map(|v| &v[bi * n..(bi + 1) * n]);
-                    fmt.fit(x, im, ob);
+                for (ob, x) in o.chunks_mut(bb).zip(row.chunks(n)) {
+                    fmt.fit(x, ob);
                 }
             });
         Ok(out)

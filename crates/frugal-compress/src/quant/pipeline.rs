@@ -164,7 +164,7 @@ pub fn quantize_model(
         out: Vec::new(),
         notes: Vec::new(),
     };
-    let rtn = super::Rtn { imatrix: false };
+    let rtn = super::Rtn;
 
     // Embedding and output: round to nearest.
     let tied = model.weights.tied_output;
