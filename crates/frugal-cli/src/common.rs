@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use frugal_model::{LoadedModel, SamplerConfig};
+use frugal_model::{KvType, LoadedModel, SamplerConfig};
 use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug)]
@@ -18,6 +18,27 @@ pub struct ModelArgs {
     /// Threads (default: all cores).
     #[arg(short, long)]
     pub threads: Option<usize>,
+    /// How the KV cache stores keys and values: f32 (as computed), f16, or
+    /// the ggml blocks q8 (Q8_0) and q4 (Q4_0), which need heads of a
+    /// multiple of 32 values.
+    #[arg(long, value_name = "TYPE", default_value = "f32", value_parser = kv_type_parser())]
+    pub kv_type: KvType,
+}
+
+/// `--kv-type`: the names, with what each costs per cached value.
+fn kv_type_parser() -> impl clap::builder::TypedValueParser<Value = KvType> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new([
+        PossibleValue::new("f32").help("4 bytes per value, exact (the default)"),
+        PossibleValue::new("f16").help("2 bytes per value"),
+        PossibleValue::new("q8")
+            .alias("q8_0")
+            .help("Q8_0: 8-bit, 34 bytes per 32 values (1.06 bytes per value)"),
+        PossibleValue::new("q4")
+            .alias("q4_0")
+            .help("Q4_0: 4-bit, 18 bytes per 32 values (0.56 bytes per value)"),
+    ])
+    .map(|s| s.parse::<KvType>().expect("every listed name parses"))
 }
 
 impl ModelArgs {

@@ -4,7 +4,7 @@
 //! model adds BOS, run each chunk from an empty cache, and score only the
 //! second half of each chunk (every token there has at least ctx/2 of context).
 
-use frugal_model::{Logits, Model, ModelError};
+use frugal_model::{KvType, Logits, Model, ModelError};
 use rayon::prelude::*;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -84,6 +84,19 @@ pub fn perplexity(
     bos: Option<u32>,
     ctx: usize,
     max_chunks: Option<usize>,
+    on_chunk: impl FnMut(usize, usize, f64),
+) -> Result<PerplexityResult, ModelError> {
+    perplexity_with_kv(model, tokens, bos, ctx, max_chunks, KvType::F32, on_chunk)
+}
+
+/// [`perplexity`] with the KV cache stored as `kv_type`.
+pub fn perplexity_with_kv(
+    model: &Model,
+    tokens: &[u32],
+    bos: Option<u32>,
+    ctx: usize,
+    max_chunks: Option<usize>,
+    kv_type: KvType,
     mut on_chunk: impl FnMut(usize, usize, f64),
 ) -> Result<PerplexityResult, ModelError> {
     if ctx < 4 {
@@ -104,7 +117,7 @@ pub fn perplexity(
         )));
     }
     let n_vocab = model.config.n_vocab;
-    let mut kv = model.new_cache(ctx)?;
+    let mut kv = model.new_cache_typed(ctx, kv_type)?;
     let mut st = model.new_state(ctx, true);
     let mut stats = NllStats::default();
     let first = ctx / 2;

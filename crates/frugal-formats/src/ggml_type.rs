@@ -90,7 +90,11 @@ impl FrugalType {
     pub fn id(self) -> u32 {
         match self {
             FrugalType::Affine { bits, group, sym } => {
-                let g = if group == 0 { 0 } else { group.trailing_zeros() };
+                let g = if group == 0 {
+                    0
+                } else {
+                    group.trailing_zeros()
+                };
                 FRUGAL_ID | (sym as u32) << 12 | (bits as u32) << 8 | g
             }
             FrugalType::W8Row => FRUGAL_ID | 0xFF00,
@@ -109,7 +113,13 @@ impl FrugalType {
 
     /// Whether one header serves the whole row (rather than each group).
     pub fn is_row_wise(self) -> bool {
-        !matches!(self, FrugalType::Affine { group: 32..=256, .. })
+        !matches!(
+            self,
+            FrugalType::Affine {
+                group: 32..=256,
+                ..
+            }
+        )
     }
 
     /// Bits of code per element.

@@ -9,7 +9,7 @@
 //! where the kernel exposes it, the RAPL energy counter are read around every
 //! decode run, so energy per token is measured rather than guessed when it can be.
 
-use frugal_model::{KvCache, Logits, Model, ModelConfig, ModelError};
+use frugal_model::{KvCache, KvType, Logits, Model, ModelConfig, ModelError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
@@ -20,6 +20,8 @@ pub struct BenchConfig {
     pub prompt_lengths: Vec<usize>,
     pub gen_tokens: usize,
     pub reps: usize,
+    /// How the KV cache stores keys and values.
+    pub kv_type: KvType,
 }
 
 /// Summary of repeated measurements.
@@ -115,6 +117,8 @@ pub struct BenchResult {
     pub decode: Rate,
     pub decode_latency_ms: Latency,
     pub usage: Usage,
+    /// Bytes of K and V per position (all layers) in the cache used.
+    pub kv_bytes_per_token: usize,
 }
 
 /// Prefill `tokens` into a fresh cache and pick the first token.
@@ -171,7 +175,7 @@ pub fn run(
         .collect();
     let max_p = lengths.iter().copied().max().unwrap_or(0);
     let n_ctx = max_p.max(cfg.gen_tokens).max(1);
-    let mut kv = model.new_cache(n_ctx)?;
+    let mut kv = model.new_cache_typed(n_ctx, cfg.kv_type)?;
     let mut st = model.new_state(max_p.clamp(1, 512), false);
     let mut rng = StdRng::seed_from_u64(1234);
     let tokens: Vec<u32> = (0..max_p)
@@ -240,6 +244,7 @@ pub fn run(
         decode: Rate::from_samples(dec),
         decode_latency_ms: Latency::from_ms(steps.iter().map(|s| s * 1e3).collect()),
         usage,
+        kv_bytes_per_token: kv.bytes_per_token(),
     })
 }
 

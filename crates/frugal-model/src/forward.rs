@@ -6,8 +6,9 @@
 //! prompt (matrix-matrix), decode passes one token (matrix-vector). All
 //! buffers live in [`State`], allocated once, so decoding allocates nothing.
 
+use crate::kv::{axpy_packed, F16Scratch, LayerKv};
 use crate::weights::{qmatrix, Weights};
-use crate::{KvCache, ModelConfig, ModelError, RopeStyle};
+use crate::{KvCache, KvType, ModelConfig, ModelError, RopeStyle};
 use frugal_formats::{GgmlType, ModelSource, Tensor};
 use frugal_kernels::matmul::{matmul, matmul_many, QMatrix, QuantizedActs};
 use rayon::prelude::*;
@@ -134,6 +135,24 @@ impl State {
 thread_local! {
     /// Attention scores of one (token, head), reused across calls on each thread.
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Scratch of attention over a packed cache, reused like `SCORES`.
+    static PACKED: RefCell<PackedScratch> = const { RefCell::new(PackedScratch::new()) };
+}
+
+/// One query head quantized to Q8_0 (for the dot products with Q8_0 and
+/// Q4_0 keys), and room to widen f16 values.
+struct PackedScratch {
+    query: Vec<u8>,
+    f16: F16Scratch,
+}
+
+impl PackedScratch {
+    const fn new() -> PackedScratch {
+        PackedScratch {
+            query: Vec::new(),
+            f16: F16Scratch::new(),
+        }
+    }
 }
 
 impl Model {
@@ -177,9 +196,15 @@ impl Model {
         }
     }
 
-    /// A KV cache for `n_ctx` positions; an error if it cannot be allocated.
+    /// An f32 KV cache for `n_ctx` positions; an error if it cannot be allocated.
     pub fn new_cache(&self, n_ctx: usize) -> Result<KvCache, ModelError> {
         KvCache::new(&self.config, n_ctx)
+    }
+
+    /// A KV cache of `kv_type` for `n_ctx` positions; an error if it cannot be
+    /// allocated or this model's heads do not fit the type's blocks.
+    pub fn new_cache_typed(&self, n_ctx: usize, kv_type: KvType) -> Result<KvCache, ModelError> {
+        KvCache::new_typed(&self.config, n_ctx, kv_type)
     }
 
     /// Run `tokens` (at most `st.capacity()`) at the next positions of `kv`.
@@ -294,10 +319,15 @@ impl Model {
             add_bias(&mut st.v[..n * kvd], layer.bv.as_deref());
             self.rope(&mut st.q[..n * qd], c.n_head, pos0);
             self.rope(&mut st.k[..n * kvd], c.n_head_kv, pos0);
-            let (kc, vc) = kv.layer_mut(li);
-            kc[pos0 * kvd..(pos0 + n) * kvd].copy_from_slice(&st.k[..n * kvd]);
-            vc[pos0 * kvd..(pos0 + n) * kvd].copy_from_slice(&st.v[..n * kvd]);
-            attention(c, &st.q[..n * qd], kc, vc, pos0, n, &mut st.att[..n * qd]);
+            kv.store(li, pos0, &st.k[..n * kvd], &st.v[..n * kvd]);
+            attention(
+                c,
+                &st.q[..n * qd],
+                kv.layer(li),
+                pos0,
+                n,
+                &mut st.att[..n * qd],
+            );
             st.acts.invalidate();
             st.acts.matmul(&layer.wo, &st.att, n, &mut st.xn);
             add_bias(&mut st.xn[..n * d], layer.bo.as_deref());
@@ -378,11 +408,15 @@ impl Model {
 
 /// Causal multi-head attention with grouped K/V heads, for `n` new tokens at
 /// positions `pos0..pos0+n` against the cache (which already holds them).
-fn attention(
+///
+/// f32 keys take the f32 dot product with the query; f16 keys the f16 one
+/// (the query stays f32); Q8_0 and Q4_0 keys are dotted with the query
+/// quantized to Q8_0 once per head, as ggml does. Packed values are widened
+/// block by block while they are summed.
+pub(crate) fn attention(
     c: &ModelConfig,
     q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
+    kv: LayerKv<'_>,
     pos0: usize,
     n: usize,
     out: &mut [f32],
@@ -392,11 +426,24 @@ fn attention(
     let group = c.n_head / c.n_head_kv;
     let scale = 1.0 / (hd as f32).sqrt();
     let n_head = c.n_head;
-    let n_ctx = kc.len() / kvd;
-    // The F32 dot product of the kernels crate: SIMD where the CPU has it.
-    let dot = frugal_kernels::traits(GgmlType::F32)
-        .expect("F32 kernels are always registered")
-        .vec_dot;
+    let n_ctx = kv.n_ctx(kvd);
+    let key_ty = match kv {
+        LayerKv::F32 { .. } => KvType::F32,
+        LayerKv::Packed { ty, .. } => ty,
+    };
+    // The keys' dot product of the kernels crate: SIMD where the CPU has it.
+    let kernels =
+        frugal_kernels::traits(key_ty.ggml_type()).expect("the kernels cover every KV cache type");
+    let dot = kernels.vec_dot;
+    // What the query is converted to below.
+    assert_eq!(
+        kernels.vec_dot_type,
+        match key_ty {
+            KvType::F32 | KvType::F16 => GgmlType::F32,
+            KvType::Q8_0 | KvType::Q4_0 => GgmlType::Q8_0,
+        },
+        "{key_ty} keys: the kernels' dot product takes another query type"
+    );
     let one = |(i, o): (usize, &mut [f32])| {
         let (t, h) = (i / n_head, i % n_head);
         let kvh = h / group;
@@ -409,14 +456,46 @@ fn attention(
                 s.resize(n_ctx, 0.0);
             }
             let s = &mut s[..=p];
-            for (j, sj) in s.iter_mut().enumerate() {
-                let k = &kc[j * kvd + kvh * hd..][..hd];
-                *sj = dot(hd, bytemuck::cast_slice(k), bytemuck::cast_slice(qh)) * scale;
-            }
-            softmax(s);
-            o.fill(0.0);
-            for (j, &w) in s.iter().enumerate() {
-                axpy(o, w, &vc[j * kvd + kvh * hd..][..hd]);
+            match kv {
+                LayerKv::F32 { k: kc, v: vc } => {
+                    for (j, sj) in s.iter_mut().enumerate() {
+                        let k = &kc[j * kvd + kvh * hd..][..hd];
+                        *sj = dot(hd, bytemuck::cast_slice(k), bytemuck::cast_slice(qh)) * scale;
+                    }
+                    softmax(s);
+                    o.fill(0.0);
+                    for (j, &w) in s.iter().enumerate() {
+                        axpy(o, w, &vc[j * kvd + kvh * hd..][..hd]);
+                    }
+                }
+                LayerKv::Packed {
+                    ty,
+                    k: kc,
+                    v: vc,
+                    row_bytes,
+                    head_bytes,
+                } => {
+                    // Where position j's bytes of this K/V head start.
+                    let at = |j: usize| j * row_bytes + kvh * head_bytes;
+                    PACKED.with(|ps| {
+                        let ps = &mut *ps.borrow_mut();
+                        let qa: &[u8] = if ty == KvType::F16 {
+                            bytemuck::cast_slice(qh)
+                        } else {
+                            ps.query.resize(KvType::Q8_0.bytes_for(hd), 0);
+                            frugal_kernels::legacy::quantize_row_q8_0(qh, &mut ps.query);
+                            &ps.query
+                        };
+                        for (j, sj) in s.iter_mut().enumerate() {
+                            *sj = dot(hd, &kc[at(j)..][..head_bytes], qa) * scale;
+                        }
+                        softmax(s);
+                        o.fill(0.0);
+                        for (j, &w) in s.iter().enumerate() {
+                            axpy_packed(ty, o, w, &vc[at(j)..][..head_bytes], &mut ps.f16);
+                        }
+                    });
+                }
             }
         });
     };

@@ -69,6 +69,7 @@ pub fn run(a: Args) -> Result<()> {
         prompt_lengths: prompts.clone(),
         gen_tokens: a.gen,
         reps: a.reps,
+        kv_type: a.model.kv_type,
     };
     let runs = a.reps * (prompts.len() + (a.gen > 0) as usize);
     let pb = progress_bar(runs as u64, quiet, "bench");
@@ -76,7 +77,8 @@ pub fn run(a: Args) -> Result<()> {
     pb.finish_and_clear();
 
     let weight_bytes = model.weight_bytes_per_token();
-    let kv_bytes = model.new_cache(1)?.bytes_per_token();
+    let kv_bytes = r.kv_bytes_per_token;
+    let kv_type = a.model.kv_type;
     let decode_tps = r.decode.mean;
     // FLOPs at the middle of the decode run (attention grows with position).
     let flops = flops_per_token(c, a.gen / 2);
@@ -130,7 +132,7 @@ pub fn run(a: Args) -> Result<()> {
         "weight_bytes_per_token": weight_bytes,
         "decode_bandwidth_gbs": (a.gen > 0).then(|| weight_bytes as f64 * decode_tps / 1e9),
         "kv_bytes_per_token": kv_bytes,
-        "kv_type": "f32",
+        "kv_type": kv_type.name(),
         "bpw": info.bpw,
         "flops_per_token": flops,
         "decode_gflops": (a.gen > 0).then(|| flops * decode_tps / 1e9),
@@ -148,6 +150,7 @@ pub fn run(a: Args) -> Result<()> {
         "threads": threads,
         "watts_per_core": a.watts_per_core,
         "usd_per_hour": a.usd_per_hour,
+        "kv_type": kv_type.name(),
     });
     let record = Record::new("bench", "bench", info, settings, metrics);
     if a.rec.json {
@@ -185,10 +188,10 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     println!(
-        "memory: peak RSS {}, weights read per token {:.1} MiB, KV cache {} KiB per token (f32)",
+        "memory: peak RSS {}, weights read per token {:.1} MiB, KV cache {:.2} KiB per token ({kv_type})",
         peak_rss.map_or("unknown".into(), |b| format!("{:.1} MiB", mib(b))),
         mib(weight_bytes as u64),
-        kv_bytes / 1024
+        kv_bytes as f64 / 1024.0
     );
     if a.gen > 0 {
         println!(

@@ -36,7 +36,7 @@ pub fn run(a: Args) -> Result<()> {
     let model = &lm.model;
     let template = ChatTemplate::from_metadata(&lm.source.metadata)?;
     let n_ctx = a.ctx.unwrap_or(model.config.n_ctx_train.min(4096));
-    let mut kv = model.new_cache(n_ctx)?;
+    let mut kv = model.new_cache_typed(n_ctx, a.model.kv_type)?;
     let mut st = model.new_state(512, false);
     let mut sampler = Sampler::new(sampler_cfg);
     let mut messages: Vec<ChatMessage> = Vec::new();

@@ -49,7 +49,7 @@ pub fn run(a: Args) -> Result<()> {
             prompt.len()
         );
     }
-    let mut kv = model.new_cache(n_ctx)?;
+    let mut kv = model.new_cache_typed(n_ctx, a.model.kv_type)?;
     let mut st = model.new_state(prompt.len().min(512), false);
     let mut sampler = Sampler::new(sampler_cfg);
 
@@ -98,12 +98,14 @@ pub fn run(a: Args) -> Result<()> {
             "peak_rss_bytes": peak,
             "model_file_bytes": lm.file_bytes,
             "kv_cache_bytes": kv.capacity_bytes(),
+            "kv_type": kv.kv_type().name(),
+            "kv_bytes_per_token": kv.bytes_per_token(),
         });
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         eprintln!();
         eprintln!(
-            "prompt: {} tokens, {:.1} t/s | generation: {} tokens, {:.1} t/s | {} threads | peak RSS {:.1} MiB (model file {:.1} MiB, KV cache {:.1} MiB)",
+            "prompt: {} tokens, {:.1} t/s | generation: {} tokens, {:.1} t/s | {} threads | peak RSS {:.1} MiB (model file {:.1} MiB, {} KV cache {:.1} MiB)",
             stats.prompt_tokens,
             stats.prompt_tps(),
             stats.gen_tokens,
@@ -111,6 +113,7 @@ pub fn run(a: Args) -> Result<()> {
             a.model.threads(),
             mib(peak),
             mib(lm.file_bytes),
+            kv.kv_type(),
             mib(kv.capacity_bytes() as u64)
         );
     }

@@ -18,7 +18,7 @@ pub struct Args {
     /// Score at most this many chunks (default: all).
     #[arg(long)]
     pub chunks: Option<usize>,
-    /// Print {"ppl", "ppl_stderr", "tokens_scored", "chunks"} as JSON.
+    /// Print {"ppl", "ppl_stderr", "tokens_scored", "chunks", "kv_type", ...} as JSON.
     #[arg(long)]
     pub json: bool,
     /// No progress bar.
@@ -32,7 +32,11 @@ pub fn run(a: Args) -> Result<()> {
     let quiet = a.quiet || a.json;
     let lm = a.model.load(quiet)?;
     let tokens = lm.tokenizer.encode(&text, true, false);
-    let r = crate::cmd::eval::perplexity_with_progress(&lm, &tokens, a.ctx, a.chunks, a.quiet)?;
+    let kv_type = a.model.kv_type;
+    let r = crate::cmd::eval::perplexity_with_progress(
+        &lm, &tokens, a.ctx, a.chunks, kv_type, a.quiet,
+    )?;
+    let kv_bytes = lm.model.new_cache_typed(1, kv_type)?.bytes_per_token();
     if a.json {
         let j = json!({
             "ppl": r.ppl,
@@ -42,11 +46,13 @@ pub fn run(a: Args) -> Result<()> {
             "ctx": r.ctx,
             "file": a.file,
             "text_tokens": tokens.len(),
+            "kv_type": kv_type.name(),
+            "kv_bytes_per_token": kv_bytes,
         });
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         println!(
-            "PPL = {:.4} +/- {:.5} ({} chunks of {}, {} tokens scored)",
+            "PPL = {:.4} +/- {:.5} ({} chunks of {}, {} tokens scored, {kv_type} KV cache: {kv_bytes} bytes per token)",
             r.ppl, r.ppl_stderr, r.chunks, r.ctx, r.tokens_scored
         );
     }

@@ -44,7 +44,7 @@ use crate::perplexity::NllStats;
 use crate::stats::{accuracy_stderr, mean_stderr, quantile};
 use crate::EvalError;
 use frugal_kernels::matmul::{matmul_f32, QuantizedActs};
-use frugal_model::{qmatrix, Logits, Model};
+use frugal_model::{qmatrix, KvType, Logits, Model};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -66,6 +66,8 @@ pub struct KldRun<'a> {
     pub bos: Option<u32>,
     pub ctx: usize,
     pub chunks: usize,
+    /// How the compared model's KV cache is stored (a live base always uses f32).
+    pub kv_type: KvType,
 }
 
 /// Per-token results collected over a run.
@@ -214,6 +216,7 @@ pub fn compute(
         bos,
         ctx,
         chunks,
+        kv_type,
     } = *run;
     if ctx < 4 {
         return Err(input(format!(
@@ -296,7 +299,10 @@ pub fn compute(
         BaseSource::Saved(_) => (None, None),
     };
     let (mut kv, mut st) = match model {
-        Some(m) => (Some(m.new_cache(ctx)?), Some(m.new_state(ctx, true))),
+        Some(m) => (
+            Some(m.new_cache_typed(ctx, kv_type)?),
+            Some(m.new_state(ctx, true)),
+        ),
         None => (None, None),
     };
     let save_payload = save.as_ref().map(|w| w.header().payload.clone());

@@ -24,7 +24,7 @@ use crate::data::{OnBadLine, Parsed, TaskFile};
 use crate::perplexity::nll_of;
 use crate::EvalError;
 use frugal_model::sampling::argmax;
-use frugal_model::{KvCache, Logits, Model, State};
+use frugal_model::{KvCache, KvType, Logits, Model, State};
 use rayon::prelude::*;
 
 /// A record read from a task file: its (first) line and value, or the line
@@ -59,7 +59,17 @@ impl<'m> ModelRunner<'m> {
     /// Room for sequences of `n_ctx` tokens; batches of `batch` tokens bound
     /// the logits buffer (`batch × n_vocab` floats).
     pub fn new(model: &'m Model, n_ctx: usize, batch: usize) -> Result<Self, EvalError> {
-        let kv = model.new_cache(n_ctx.max(1))?;
+        Self::with_kv_type(model, n_ctx, batch, KvType::F32)
+    }
+
+    /// [`ModelRunner::new`] with the KV cache stored as `kv_type`.
+    pub fn with_kv_type(
+        model: &'m Model,
+        n_ctx: usize,
+        batch: usize,
+        kv_type: KvType,
+    ) -> Result<Self, EvalError> {
+        let kv = model.new_cache_typed(n_ctx.max(1), kv_type)?;
         let st = model.new_state(batch.clamp(1, n_ctx.max(1)), true);
         Ok(ModelRunner { model, kv, st })
     }

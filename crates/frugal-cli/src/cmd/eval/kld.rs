@@ -4,6 +4,10 @@
 //! exact; or its top-k log-probs with --logits-top-k: a lower bound; see
 //! [`frugal_eval::kld`]). With --save-logits and no --base, the model itself
 //! is the base and only saved.
+//!
+//! --kv-type sets the compared model's KV cache; a base always runs with an
+//! f32 cache, so `--base` the same model with `--kv-type q8` measures what
+//! the KV type alone costs.
 
 use super::{text_tokens, Ctx};
 use crate::common::{mib, resolve_model};
@@ -13,7 +17,7 @@ use frugal_eval::kld::{
     LogitsHeader, LogitsReader, LogitsWriter, Payload,
 };
 use frugal_eval::{DataInfo, ModelInfo, Record};
-use frugal_model::LoadedModel;
+use frugal_model::{KvType, LoadedModel};
 use serde_json::json;
 use std::path::Path;
 
@@ -39,6 +43,14 @@ pub fn run(ctx: &Ctx) -> Result<Record> {
     }
     if a.logits_top_k.is_some() && a.save_logits.is_none() {
         bail!("--logits-top-k applies only with --save-logits");
+    }
+    if a.base.is_none() && a.model.kv_type != KvType::F32 {
+        bail!(
+            "--kv-type applies to the model compared with --base; a base runs (and is saved) \
+             with an f32 KV cache. To measure a KV type, compare the model with itself: \
+             --base <the same model> --kv-type {}",
+            a.model.kv_type
+        );
     }
     let (f, tokens) = text_tokens(ctx)?;
     let tok = &ctx.lm.tokenizer;
@@ -147,6 +159,7 @@ pub fn run(ctx: &Ctx) -> Result<Record> {
         bos,
         ctx: a.ctx,
         chunks,
+        kv_type: a.model.kv_type,
     };
     let what = if matches!(base, Base::Itself) {
         "base logits"
@@ -217,13 +230,16 @@ pub fn run(ctx: &Ctx) -> Result<Record> {
         "base_mode": mode,
         "saved": saved_payload,
         "logits_file": logits_file,
+        "kv_type": a.model.kv_type.name(),
     });
     let metrics = if stats.compared {
         let r = stats.result();
         if !a.rec.json {
             print_summary(&r, &base_info, mode, saved_payload.as_ref(), chunks, a.ctx);
         }
-        serde_json::to_value(&r)?
+        let mut m = serde_json::to_value(&r)?;
+        m["kv_bytes_per_token"] = ctx.kv_bytes_per_token()?.into();
+        m
     } else {
         let b = stats.base_ppl();
         if !a.rec.json {

@@ -11,7 +11,7 @@ mod tasks;
 use crate::common::{progress_bar, ModelArgs, RecordArgs};
 use anyhow::{bail, Result};
 use frugal_eval::{DataInfo, ModelInfo, OnBadLine, Record, TaskFile};
-use frugal_model::LoadedModel;
+use frugal_model::{KvType, LoadedModel};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -25,7 +25,9 @@ mc:FILE          multiple choice, one {\"context\", \"choices\", \"label\"} per 
 Examples:\n  \
 frugal eval -m base-f32.gguf --task kld:wiki.test.raw --save-logits base.logits\n  \
 frugal eval -m model-q4.gguf --task kld:wiki.test.raw --base base.logits --out q4.json\n  \
-frugal eval -m smollm2-135m --task hellaswag:hellaswag_val_full.txt.bz2 --limit 400")]
+frugal eval -m smollm2-135m --task hellaswag:hellaswag_val_full.txt.bz2 --limit 400\n  \
+frugal eval -m smollm2-135m --task kld:wiki.test.raw --base smollm2-135m --kv-type q8\n\n\
+--kv-type applies to --model; a kld base always runs with an f32 KV cache.")]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -83,6 +85,12 @@ impl Ctx<'_> {
 
     pub fn progress(&self, len: u64, what: &str) -> indicatif::ProgressBar {
         progress_bar(len, self.quiet, what)
+    }
+
+    /// Bytes of K and V per position in the model's cache of --kv-type.
+    pub fn kv_bytes_per_token(&self) -> Result<usize> {
+        let kv = self.lm.model.new_cache_typed(1, self.args.model.kv_type)?;
+        Ok(kv.bytes_per_token())
     }
 }
 
@@ -152,22 +160,25 @@ pub fn text_tokens(ctx: &Ctx) -> Result<(TaskFile, Vec<u32>)> {
     Ok((f, tokens))
 }
 
-/// llama.cpp's perplexity of `tokens`, with a progress bar showing the running value.
+/// llama.cpp's perplexity of `tokens` with a `kv_type` KV cache, with a
+/// progress bar showing the running value.
 pub fn perplexity_with_progress(
     lm: &LoadedModel,
     tokens: &[u32],
     ctx: usize,
     max_chunks: Option<usize>,
+    kv_type: KvType,
     quiet: bool,
 ) -> Result<frugal_eval::perplexity::PerplexityResult> {
     let n_chunks = frugal_eval::perplexity::chunk_count(tokens.len(), ctx, max_chunks);
     let pb = progress_bar(n_chunks as u64, quiet, "perplexity");
-    let r = frugal_eval::perplexity::perplexity(
+    let r = frugal_eval::perplexity::perplexity_with_kv(
         &lm.model,
         tokens,
         lm.tokenizer.bos_to_add(),
         ctx,
         max_chunks,
+        kv_type,
         |done, _, ppl| {
             pb.set_position(done as u64);
             pb.set_message(format!("perplexity {ppl:.4}"));
@@ -180,7 +191,8 @@ pub fn perplexity_with_progress(
 fn perplexity(ctx: &Ctx) -> Result<Record> {
     let (f, tokens) = text_tokens(ctx)?;
     let a = ctx.args;
-    let r = perplexity_with_progress(&ctx.lm, &tokens, a.ctx, a.limit, ctx.quiet)?;
+    let kv_type = a.model.kv_type;
+    let r = perplexity_with_progress(&ctx.lm, &tokens, a.ctx, a.limit, kv_type, ctx.quiet)?;
     if !a.rec.json {
         println!(
             "PPL = {:.4} +/- {:.5} ({} chunks of {}, {} tokens scored)",
@@ -195,7 +207,18 @@ fn perplexity(ctx: &Ctx) -> Result<Record> {
             items: r.chunks,
             skipped_lines: 0,
         },
-        json!({"ctx": a.ctx, "chunks": r.chunks, "text_tokens": tokens.len()}),
-        json!({"ppl": r.ppl, "ppl_stderr": r.ppl_stderr, "nll": r.nll, "tokens_scored": r.tokens_scored}),
+        json!({
+            "ctx": a.ctx,
+            "chunks": r.chunks,
+            "text_tokens": tokens.len(),
+            "kv_type": kv_type.name(),
+        }),
+        json!({
+            "ppl": r.ppl,
+            "ppl_stderr": r.ppl_stderr,
+            "nll": r.nll,
+            "tokens_scored": r.tokens_scored,
+            "kv_bytes_per_token": ctx.kv_bytes_per_token()?,
+        }),
     ))
 }

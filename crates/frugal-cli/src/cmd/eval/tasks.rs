@@ -36,7 +36,8 @@ fn run_lambada(ctx: &Ctx, f: &TaskFile) -> Result<Record> {
     )?;
     warn_skipped(f, &p);
     let longest = p.items.iter().map(|t| t.tokens.len()).max().unwrap_or(1);
-    let mut runner = ModelRunner::new(&ctx.lm.model, longest, BATCH)?;
+    let kv_type = ctx.args.model.kv_type;
+    let mut runner = ModelRunner::with_kv_type(&ctx.lm.model, longest, BATCH, kv_type)?;
     let pb = ctx.progress(p.items.len() as u64, "lambada");
     let t0 = Instant::now();
     let r = lambada::evaluate(&mut runner, &p.items, |done, _, acc| {
@@ -59,6 +60,7 @@ fn run_lambada(ctx: &Ctx, f: &TaskFile) -> Result<Record> {
             "limit": ctx.args.limit,
             "on_bad_line": ctx.args.on_bad_line,
             "n_ctx": n_ctx,
+            "kv_type": kv_type.name(),
             "order": "file order, first items",
             "target": "last whitespace-separated word; greedy = every target token is the argmax",
         }),
@@ -71,6 +73,7 @@ fn run_lambada(ctx: &Ctx, f: &TaskFile) -> Result<Record> {
             "target_tokens_mean": r.target_tokens_mean,
             "cut_items": r.cut_items,
             "seconds": secs,
+            "kv_bytes_per_token": ctx.kv_bytes_per_token()?,
         }),
     ))
 }
@@ -93,7 +96,8 @@ fn run_choice(ctx: &Ctx, f: &TaskFile, name: &str) -> Result<Record> {
         .flat_map(|q| q.seqs.iter().map(Vec::len))
         .max()
         .unwrap_or(1);
-    let mut runner = ModelRunner::new(&ctx.lm.model, longest, BATCH)?;
+    let kv_type = ctx.args.model.kv_type;
+    let mut runner = ModelRunner::with_kv_type(&ctx.lm.model, longest, BATCH, kv_type)?;
     let pb = ctx.progress(p.items.len() as u64, name);
     let t0 = Instant::now();
     let r = choice::evaluate(&mut runner, &p.items, |done, _, acc| {
@@ -121,6 +125,7 @@ fn run_choice(ctx: &Ctx, f: &TaskFile, name: &str) -> Result<Record> {
             "limit": limit,
             "on_bad_line": ctx.args.on_bad_line,
             "n_ctx": n_ctx,
+            "kv_type": kv_type.name(),
             "order": "file order, first items",
             "scoring": "llama.cpp hellaswag_score: BOS + context + \" \" + choice; \
                         mean log-prob of the tokens after the choices' common prefix",
@@ -135,6 +140,7 @@ fn run_choice(ctx: &Ctx, f: &TaskFile, name: &str) -> Result<Record> {
             "cut_items": r.cut_items,
             "tokens_run": r.tokens_run,
             "seconds": secs,
+            "kv_bytes_per_token": ctx.kv_bytes_per_token()?,
         }),
     ))
 }

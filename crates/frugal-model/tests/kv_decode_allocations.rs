@@ -1,0 +1,130 @@
+//! Decoding into a packed KV cache (f16, Q8_0, Q4_0) must not touch the heap
+//! once warm either: rows are packed in place and the quantized query lives
+//! in per-thread scratch. This binary counts every allocation.
+
+use frugal_formats::{MetaValue, Metadata, ModelSource, Tensor};
+use frugal_model::{KvType, Logits, Model};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        System.realloc(p, l, n)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Heads of 32 values (2 query heads sharing 1 K/V head), 2 layers: small
+/// enough that no matmul goes parallel (rayon's injector allocates now and then).
+fn tiny_model() -> ModelSource {
+    let (d, kvd, ff, vocab, layers) = (64usize, 32usize, 128usize, 40usize, 2usize);
+    let mut md = Metadata::default();
+    md.set("general.architecture", MetaValue::String("llama".into()));
+    for (k, v) in [
+        ("embedding_length", d),
+        ("feed_forward_length", ff),
+        ("block_count", layers),
+        ("attention.head_count", 2),
+        ("attention.head_count_kv", 1),
+    ] {
+        md.set(format!("llama.{k}"), MetaValue::U32(v as u32));
+    }
+    let mut seed = 1u32;
+    let mut vals = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+            })
+            .collect()
+    };
+    let mut t = vec![Tensor::from_f32(
+        "token_embd.weight",
+        vec![d, vocab],
+        &vals(d * vocab),
+    )];
+    for l in 0..layers {
+        for (n, cols, rows) in [
+            ("attn_q", d, d),
+            ("attn_k", d, kvd),
+            ("attn_v", d, kvd),
+            ("attn_output", d, d),
+            ("ffn_gate", d, ff),
+            ("ffn_up", d, ff),
+            ("ffn_down", ff, d),
+        ] {
+            t.push(Tensor::from_f32(
+                format!("blk.{l}.{n}.weight"),
+                vec![cols, rows],
+                &vals(cols * rows),
+            ));
+        }
+        for n in ["attn_norm", "ffn_norm"] {
+            t.push(Tensor::from_f32(
+                format!("blk.{l}.{n}.weight"),
+                vec![d],
+                &vec![1.0; d],
+            ));
+        }
+    }
+    t.push(Tensor::from_f32(
+        "output_norm.weight",
+        vec![d],
+        &vec![1.0; d],
+    ));
+    ModelSource {
+        metadata: md,
+        tensors: t,
+        tokenizer_json: None,
+    }
+}
+
+#[test]
+fn decode_steps_into_packed_caches_allocate_nothing() {
+    let m = Model::from_source(&tiny_model()).unwrap();
+    for ty in [KvType::F32, KvType::F16, KvType::Q8_0, KvType::Q4_0] {
+        let mut kv = m.new_cache_typed(64, ty).unwrap();
+        let mut st = m.new_state(8, false);
+        // Warm up: the same prefill and decode steps, so every buffer (and
+        // every worker thread's scratch) has grown once.
+        for _ in 0..2 {
+            kv.clear();
+            m.forward(&[1, 2, 3, 4], &mut kv, &mut st, Logits::Last)
+                .unwrap();
+            for t in 0..44 {
+                m.forward(&[t % 40], &mut kv, &mut st, Logits::Last)
+                    .unwrap();
+            }
+        }
+        kv.clear();
+        m.forward(&[1, 2, 3, 4], &mut kv, &mut st, Logits::Last)
+            .unwrap();
+        let before = ALLOCS.load(Ordering::Relaxed);
+        for t in 0..40 {
+            m.forward(&[t % 40], &mut kv, &mut st, Logits::Last)
+                .unwrap();
+        }
+        let after = ALLOCS.load(Ordering::Relaxed);
+        assert_eq!(
+            after - before,
+            0,
+            "{ty}: {} allocations in 40 decode steps",
+            after - before
+        );
+    }
+}
