@@ -1,9 +1,11 @@
 //! Decoding a token must not touch the heap once the buffers are warm: the
-//! state, cache and kernel scratch are allocated up front. This binary counts
-//! every allocation made while it runs single-token forward passes.
+//! state, cache and kernel scratch are allocated up front, and packed KV
+//! caches (f16, Q8_0, Q4_0) pack rows in place with the quantized query in
+//! per-thread scratch. This binary counts every allocation made while it
+//! runs single-token forward passes (one test, so nothing else allocates meanwhile).
 
 use frugal_formats::{MetaValue, Metadata, ModelSource, Tensor};
-use frugal_model::{Logits, Model};
+use frugal_model::{KvType, Logits, Model};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -37,8 +39,9 @@ fn tiny_model() -> ModelSource {
         ("embedding_length", d),
         ("feed_forward_length", ff),
         ("block_count", layers),
-        ("attention.head_count", 4),
-        ("attention.head_count_kv", 2),
+        // Heads of 32 values, so every KV type fits its blocks.
+        ("attention.head_count", 2),
+        ("attention.head_count_kv", 1),
     ] {
         md.set(format!("qwen2.{k}"), MetaValue::U32(v as u32));
     }
@@ -101,24 +104,34 @@ fn tiny_model() -> ModelSource {
 #[test]
 fn decode_steps_allocate_nothing() {
     let m = Model::from_source(&tiny_model()).unwrap();
-    let mut kv = m.new_cache(64).unwrap();
-    let mut st = m.new_state(8, false);
-    // Warm up: a prefill and a few decode steps grow every buffer once.
-    m.forward(&[1, 2, 3, 4], &mut kv, &mut st, Logits::Last)
-        .unwrap();
-    for t in 0..4 {
-        m.forward(&[t], &mut kv, &mut st, Logits::Last).unwrap();
-    }
-    let before = ALLOCS.load(Ordering::Relaxed);
-    for t in 0..40 {
-        m.forward(&[t % 40], &mut kv, &mut st, Logits::Last)
+    for ty in [KvType::F32, KvType::F16, KvType::Q8_0, KvType::Q4_0] {
+        let mut kv = m.new_cache_typed(64, ty).unwrap();
+        let mut st = m.new_state(8, false);
+        // Warm up: the same prefill and decode steps, so every buffer (and
+        // every worker thread's scratch) has grown once.
+        for _ in 0..2 {
+            kv.clear();
+            m.forward(&[1, 2, 3, 4], &mut kv, &mut st, Logits::Last)
+                .unwrap();
+            for t in 0..44 {
+                m.forward(&[t % 40], &mut kv, &mut st, Logits::Last)
+                    .unwrap();
+            }
+        }
+        kv.clear();
+        m.forward(&[1, 2, 3, 4], &mut kv, &mut st, Logits::Last)
             .unwrap();
+        let before = ALLOCS.load(Ordering::Relaxed);
+        for t in 0..40 {
+            m.forward(&[t % 40], &mut kv, &mut st, Logits::Last)
+                .unwrap();
+        }
+        let after = ALLOCS.load(Ordering::Relaxed);
+        assert_eq!(
+            after - before,
+            0,
+            "{ty}: {} allocations in 40 decode steps",
+            after - before
+        );
     }
-    let after = ALLOCS.load(Ordering::Relaxed);
-    assert_eq!(
-        after - before,
-        0,
-        "{} allocations in 40 decode steps",
-        after - before
-    );
 }
