@@ -10,7 +10,7 @@
 //! GPTQ's "true sequential" order at the cost of one forward pass in all.
 
 use crate::quant::InputStats;
-use frugal_kernels::sgemm::{sgemm, View};
+use frugal_kernels::sgemm::{mirror_upper, sgemm, syrk_upper, View};
 use frugal_model::{rms_norm, swiglu, Layer, Model, ModelError};
 use frugal_tokenizer::Tokenizer;
 use rayon::prelude::*;
@@ -173,8 +173,7 @@ impl<'m> LayerPass<'m> {
             rms_norm(&self.x[a * d..b * d], &layer.attn_norm, c.rms_eps, &mut xn);
             accumulate(&mut st, &xn);
         }
-        quantize(Site::Qkv, &st, w)?;
-        drop(st);
+        quantize(Site::Qkv, &finish(st), w)?;
 
         // Attention, sequence by sequence; its output is kept for O.
         let mut att = vec![0.0f32; n * qd];
@@ -197,8 +196,7 @@ impl<'m> LayerPass<'m> {
         for (a, b) in chunks(n) {
             accumulate(&mut st, &att[a * qd..b * qd]);
         }
-        quantize(Site::AttnOut, &st, w)?;
-        drop(st);
+        quantize(Site::AttnOut, &finish(st), w)?;
         for (a, b) in chunks(n) {
             let o = linear(&att[a * qd..b * qd], b - a, &w.wo, d, layer.bo.as_deref());
             add(&mut self.x[a * d..b * d], &o);
@@ -212,8 +210,7 @@ impl<'m> LayerPass<'m> {
             rms_norm(&self.x[a * d..b * d], &layer.ffn_norm, c.rms_eps, &mut xn);
             accumulate(&mut st, &xn);
         }
-        quantize(Site::GateUp, &st, w)?;
-        drop(st);
+        quantize(Site::GateUp, &finish(st), w)?;
         let mut h = vec![0.0f32; n * ff];
         let mut st = InputStats::new(ff);
         for (a, b) in chunks(n) {
@@ -225,8 +222,7 @@ impl<'m> LayerPass<'m> {
             accumulate(&mut st, &g);
             h[a * ff..b * ff].copy_from_slice(&g);
         }
-        quantize(Site::Down, &st, w)?;
-        drop(st);
+        quantize(Site::Down, &finish(st), w)?;
         for (a, b) in chunks(n) {
             let o = linear(&h[a * ff..b * ff], b - a, &w.w_down, d, None);
             add(&mut self.x[a * d..b * d], &o);
@@ -239,20 +235,24 @@ fn chunks(n: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..n).step_by(CHUNK).map(move |a| (a, (a + CHUNK).min(n)))
 }
 
-/// xᵀx of a chunk of rows, added into the statistics.
+/// xᵀx of a chunk of rows, added into the statistics (upper triangle only:
+/// [`finish`] fills in the rest), and the columns' largest magnitudes.
 fn accumulate(st: &mut InputStats, x: &[f32]) {
     let cols = st.cols;
     let rows = x.len() / cols;
-    sgemm(
-        &mut st.xtx,
-        cols,
-        true,
-        View::transposed(x, rows, cols),
-        View::rows(x, rows, cols),
-        1.0,
-        true,
-    );
+    syrk_upper(&mut st.xtx, x, rows, cols, true);
+    for row in x.chunks_exact(cols) {
+        for (m, v) in st.absmax.iter_mut().zip(row) {
+            *m = m.max(v.abs());
+        }
+    }
     st.tokens += rows;
+}
+
+/// Completes statistics gathered by [`accumulate`].
+fn finish(mut st: InputStats) -> InputStats {
+    mirror_upper(&mut st.xtx, st.cols);
+    st
 }
 
 /// `x · wᵀ (+ bias)` for `n` rows of `x`; `w` is `out × cols`.
@@ -282,6 +282,10 @@ fn add(x: &mut [f32], y: &[f32]) {
     }
 }
 
+/// Query rows per block in [`causal_attention`]: each block only multiplies
+/// the keys up to its last row, which skips most of the masked half.
+const ATT_BLOCK: usize = 64;
+
 /// Causal multi-head attention over one whole sequence (GQA), one head per task.
 fn causal_attention(m: &Model, q: &[f32], k: &[f32], v: &[f32], len: usize, out: &mut [f32]) {
     let c = &m.config;
@@ -293,35 +297,49 @@ fn causal_attention(m: &Model, q: &[f32], k: &[f32], v: &[f32], len: usize, out:
         .into_par_iter()
         .map(|h| {
             let kh = h / group;
-            let qv = View {
-                data: &q[h * hd..],
-                rows: len,
-                cols: hd,
-                rs: qd,
-                cs: 1,
-            };
-            let kt = View {
-                data: &k[kh * hd..],
-                rows: hd,
-                cols: len,
-                rs: 1,
-                cs: kvd,
-            };
-            let mut s = vec![0.0f32; len * len];
-            sgemm(&mut s, len, false, qv, kt, scale, false);
-            for (t, row) in s.chunks_exact_mut(len).enumerate() {
-                row[t + 1..].fill(0.0);
-                frugal_model::softmax(&mut row[..=t]);
-            }
-            let vv = View {
-                data: &v[kh * hd..],
-                rows: len,
-                cols: hd,
-                rs: kvd,
-                cs: 1,
-            };
             let mut o = vec![0.0f32; len * hd];
-            sgemm(&mut o, hd, false, View::rows(&s, len, len), vv, 1.0, false);
+            let mut s = vec![0.0f32; ATT_BLOCK * len];
+            for q0 in (0..len).step_by(ATT_BLOCK) {
+                let q1 = (q0 + ATT_BLOCK).min(len);
+                let (rows, keys) = (q1 - q0, q1);
+                let qv = View {
+                    data: &q[q0 * qd + h * hd..],
+                    rows,
+                    cols: hd,
+                    rs: qd,
+                    cs: 1,
+                };
+                let kt = View {
+                    data: &k[kh * hd..],
+                    rows: hd,
+                    cols: keys,
+                    rs: 1,
+                    cs: kvd,
+                };
+                let s = &mut s[..rows * keys];
+                sgemm(s, keys, false, qv, kt, scale, false);
+                for (r, row) in s.chunks_exact_mut(keys).enumerate() {
+                    let t = q0 + r;
+                    row[t + 1..].fill(0.0);
+                    frugal_model::softmax(&mut row[..=t]);
+                }
+                let vv = View {
+                    data: &v[kh * hd..],
+                    rows: keys,
+                    cols: hd,
+                    rs: kvd,
+                    cs: 1,
+                };
+                sgemm(
+                    &mut o[q0 * hd..q1 * hd],
+                    hd,
+                    false,
+                    View::rows(s, rows, keys),
+                    vv,
+                    1.0,
+                    false,
+                );
+            }
             o
         })
         .collect();

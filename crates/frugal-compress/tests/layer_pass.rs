@@ -22,7 +22,12 @@ fn layer_pass_matches_the_forward_pass() {
     let seqs = vec![
         vec![1u32, 403, 407, 261, 378, 300, 270, 290, 284, 1, 5, 9],
         vec![1u32, 17, 33, 35, 200, 201],
+        // Longer than one block of query rows in the attention.
+        std::iter::once(1u32)
+            .chain((0..149u32).map(|i| 2 + i * 37 % 500))
+            .collect(),
     ];
+    let n_tok: usize = seqs.iter().map(|s| s.len()).sum();
     let calib = Calibration { seqs: seqs.clone() };
     let mut pass = LayerPass::new(m, &calib).unwrap();
     for (li, l) in m.weights.layers.iter().enumerate() {
@@ -38,7 +43,19 @@ fn layer_pass_matches_the_forward_pass() {
         };
         let mut sites = Vec::new();
         pass.run_layer(li, &mut w, &mut |site, st, _| {
-            assert!(st.tokens == 18, "statistics over every token");
+            assert!(st.tokens == n_tok, "statistics over every token");
+            let n = st.cols;
+            for i in 0..n {
+                let sq = st.xtx[i * n + i];
+                assert!(
+                    sq >= st.absmax[i] * st.absmax[i] * 0.999,
+                    "diagonal {sq} vs max"
+                );
+                assert!(st.absmax[i] > 0.0);
+                for j in 0..i {
+                    assert_eq!(st.xtx[i * n + j], st.xtx[j * n + i], "xᵀx is symmetric");
+                }
+            }
             sites.push(site);
             Ok(())
         })
@@ -48,7 +65,7 @@ fn layer_pass_matches_the_forward_pass() {
     let d = m.config.n_embd;
     let mut at = 0;
     for s in &seqs {
-        let mut kv = m.new_cache(64).unwrap();
+        let mut kv = m.new_cache(256).unwrap();
         let mut st = m.new_state(s.len(), true);
         let want = m
             .forward_hidden(s, &mut kv, &mut st, Logits::All)

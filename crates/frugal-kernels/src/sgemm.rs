@@ -127,6 +127,68 @@ pub fn sgemm(
     }
 }
 
+/// Rows of the output per task in [`syrk_upper`].
+const SYRK_BLOCK: usize = 64;
+
+/// `c += xᵀ·x` for a row-major `rows × cols` matrix `x`, where `c` is
+/// `cols × cols`: only the blocks on and above the diagonal are computed
+/// (about half the work of a full product); call [`mirror_upper`] once the
+/// last addition is done to fill in the rest. Runs on the rayon pool when
+/// `parallel`.
+pub fn syrk_upper(c: &mut [f32], x: &[f32], rows: usize, cols: usize, parallel: bool) {
+    assert_eq!(
+        c.len(),
+        cols * cols,
+        "syrk_upper: output is not cols × cols"
+    );
+    assert!(
+        x.len() >= rows * cols,
+        "syrk_upper: input shorter than rows × cols"
+    );
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let x = &x[..rows * cols];
+    let block = |(bi, cb): (usize, &mut [f32])| {
+        let i0 = bi * SYRK_BLOCK;
+        let i1 = (i0 + SYRK_BLOCK).min(cols);
+        // Rows i0..i1 of xᵀ, times columns i0.. of x, into c[i0..i1][i0..].
+        let a = View {
+            data: &x[i0..],
+            rows: i1 - i0,
+            cols: rows,
+            rs: 1,
+            cs: cols,
+        };
+        let b = View {
+            data: &x[i0..],
+            rows,
+            cols: cols - i0,
+            rs: cols,
+            cs: 1,
+        };
+        sgemm(&mut cb[i0..], cols, true, a, b, 1.0, false);
+    };
+    if parallel {
+        use rayon::prelude::*;
+        c.par_chunks_mut(SYRK_BLOCK * cols)
+            .enumerate()
+            .for_each(block);
+    } else {
+        c.chunks_mut(SYRK_BLOCK * cols).enumerate().for_each(block);
+    }
+}
+
+/// Copies the upper triangle of the `n × n` matrix `c` onto its lower triangle.
+pub fn mirror_upper(c: &mut [f32], n: usize) {
+    assert_eq!(c.len(), n * n, "mirror_upper: not n × n");
+    for i in 1..n {
+        for j in 0..i {
+            c[i * n + j] = c[j * n + i];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +230,29 @@ mod tests {
             sgemm(&mut c, n, false, a, b, 1.0, parallel);
             for (g, w) in c.iter().zip(&want) {
                 assert!((g - w).abs() < 1e-3);
+            }
+        }
+    }
+
+    #[test]
+    fn syrk_upper_then_mirror_equals_the_full_product() {
+        for (rows, cols) in [(50, 130), (7, 64), (3, 1)] {
+            let x: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 7919) % 113) as f32 / 50.0 - 1.0)
+                .collect();
+            let want = naive(View::transposed(&x, rows, cols), View::rows(&x, rows, cols));
+            for parallel in [false, true] {
+                let mut c = vec![0.5f32; cols * cols];
+                syrk_upper(&mut c, &x, rows, cols, parallel);
+                syrk_upper(&mut c, &x, rows, cols, parallel);
+                mirror_upper(&mut c, cols);
+                for (g, w) in c.iter().zip(&want) {
+                    assert!(
+                        (g - (0.5 + 2.0 * w)).abs() < 1e-3,
+                        "{g} vs {}",
+                        0.5 + 2.0 * w
+                    );
+                }
             }
         }
     }

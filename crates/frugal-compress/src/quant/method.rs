@@ -16,6 +16,8 @@ pub struct InputStats {
     pub cols: usize,
     /// Tokens summed into `xtx`.
     pub tokens: usize,
+    /// Per column: the largest |x| over the calibration tokens.
+    pub absmax: Vec<f32>,
 }
 
 impl InputStats {
@@ -24,6 +26,7 @@ impl InputStats {
             xtx: vec![0.0; cols * cols],
             cols,
             tokens: 0,
+            absmax: vec![0.0; cols],
         }
     }
 }
