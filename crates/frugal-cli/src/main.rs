@@ -42,7 +42,7 @@ enum Command {
     Report(cmd::report::Args),
     /// Write a model as GGUF or as a Hugging Face safetensors folder.
     Convert(cmd::convert::Args),
-    /// Quantize a model: RTN or GPTQ, into ggml types or frugal's own.
+    /// Quantize a model: RTN, imatrix, GPTQ, AWQ or SmoothQuant W8A8, with optional mixed precision, into ggml types or frugal's own.
     Quantize(cmd::quantize::Args),
 }
 

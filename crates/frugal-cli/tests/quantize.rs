@@ -139,6 +139,65 @@ fn rtn_writes_the_reference_quantizers_bytes_and_gptq_beats_it_at_3_bits() {
 }
 
 #[test]
+fn budget_bpw_mixes_types_within_the_budget_and_beats_one_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let f32_path = smollm2_f32(dir.path());
+    let f32s = f32_path.to_str().unwrap();
+    let calib = common::shared().join("data/wikitext-2/valid.txt");
+    let mixed = dir.path().join("mixed.gguf");
+    let uniform = dir.path().join("uniform.gguf");
+    ok(&[
+        "quantize",
+        "-q",
+        "-m",
+        f32s,
+        "-o",
+        mixed.to_str().unwrap(),
+        "--budget-bpw",
+        "4.5",
+        "--calib",
+        calib.to_str().unwrap(),
+        "--calib-tokens",
+        "1024",
+    ]);
+    ok(&[
+        "quantize",
+        "-q",
+        "-m",
+        f32s,
+        "-o",
+        uniform.to_str().unwrap(),
+        "--type",
+        "Q4_0",
+    ]);
+    let (q, _) = load_source(&mixed).unwrap();
+    let (mut bits, mut elements) = (0usize, 0usize);
+    let mut types = std::collections::BTreeSet::new();
+    for t in q.tensors.iter().filter(|t| t.name.starts_with("blk.")) {
+        if t.dims.len() < 2 {
+            continue;
+        }
+        bits += t.bytes().len() * 8;
+        elements += t.n_elements();
+        types.insert(t.ty.name());
+    }
+    assert_eq!(
+        elements,
+        30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536)
+    );
+    let bpw = bits as f64 / elements as f64;
+    assert!(bpw <= 4.5 + 1e-9, "{bpw} bits per weight over a 4.5 budget");
+    assert!(bpw > 4.3, "{bpw}: the budget should be nearly spent");
+    assert!(types.len() >= 2, "one type everywhere: {types:?}");
+    // The same bits as uniform Q4_0, spent where they matter, do better.
+    let (p_mixed, p_uniform) = (ppl(&mixed, "4"), ppl(&uniform, "4"));
+    assert!(
+        p_mixed < p_uniform,
+        "mixed {p_mixed:.2} should beat uniform Q4_0 {p_uniform:.2}"
+    );
+}
+
+#[test]
 fn bad_input_gets_a_clear_error_and_no_file() {
     let dir = tempfile::tempdir().unwrap();
     let q41 = frugal_fetch::fetch("smollm2-135m").unwrap();
@@ -170,6 +229,31 @@ fn bad_input_gets_a_clear_error_and_no_file() {
             "quantize", "-m", m, "-o", o, "--type", "Q4_0", "--method", "gptq",
         ],
         "needs calibration text",
+    );
+    fails(
+        &["quantize", "-m", m, "-o", o, "--budget-bpw", "0"],
+        "positive number of bits",
+    );
+    fails(
+        &["quantize", "-m", m, "-o", o, "--budget-bpw", "4"],
+        "--calib FILE",
+    );
+    let calib = common::shared().join("data/wikitext-2/valid.txt");
+    fails(
+        &[
+            "quantize",
+            "-m",
+            m,
+            "-o",
+            o,
+            "--budget-bpw",
+            "1.5",
+            "--calib",
+            calib.to_str().unwrap(),
+            "--calib-tokens",
+            "64",
+        ],
+        "the smallest candidate types already need",
     );
     let short = dir.path().join("short.txt");
     std::fs::write(&short, "Only a few words of calibration text.").unwrap();

@@ -8,6 +8,10 @@
 //! the matrix's input statistics and may replace the matrix (by its
 //! quantized version), so later matrices see the errors of earlier ones:
 //! GPTQ's "true sequential" order at the cost of one forward pass in all.
+//! [`LayerPass::run_layer_with`] also lets the caller change the block's
+//! norms and see a site's inputs ahead of time (a preview), which is what a
+//! per-channel input scaling (AWQ, SmoothQuant) needs to fold its scales into
+//! the layer before.
 
 use crate::quant::InputStats;
 use frugal_kernels::sgemm::{mirror_upper, sgemm, syrk_upper, View};
@@ -80,6 +84,41 @@ pub struct LayerF32 {
     pub w_up: Vec<f32>,
     pub w_down: Vec<f32>,
 }
+
+/// A block's RMSNorm weights, into which a per-channel scaling of the
+/// matrices' inputs can be folded.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LayerNorms {
+    /// Weights of the norm before Q, K, V.
+    pub attn: Vec<f32>,
+    /// Weights of the norm before gate and up.
+    pub ffn: Vec<f32>,
+}
+
+impl LayerNorms {
+    /// The norms of a model's block.
+    pub fn of(layer: &Layer) -> LayerNorms {
+        LayerNorms {
+            attn: layer.attn_norm.clone(),
+            ffn: layer.ffn_norm.clone(),
+        }
+    }
+}
+
+/// What [`LayerPass::run_layer_with`] shows its callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The site's matrices are about to be used: the callback may replace
+    /// them (e.g. by their quantized versions).
+    Use(Site),
+    /// The inputs the site will get, computed from the block's matrices as
+    /// they are now, before the matrices producing those inputs are used.
+    Preview(Site),
+}
+
+/// The callback of [`LayerPass::run_layer_with`].
+pub type StepFn<'a> =
+    dyn FnMut(Stage, &InputStats, &mut LayerF32, &mut LayerNorms) -> Result<(), String> + 'a;
 
 /// Which matrices of a block read the same input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,31 +199,100 @@ impl<'m> LayerPass<'m> {
         w: &mut LayerF32,
         quantize: &mut dyn FnMut(Site, &InputStats, &mut LayerF32) -> Result<(), String>,
     ) -> Result<(), String> {
+        let mut norms = LayerNorms::of(&self.model.weights.layers[li]);
+        self.run_layer_with(li, w, &mut norms, &[], &mut |stage, st, w, _| match stage {
+            Stage::Use(site) => quantize(site, st, w),
+            Stage::Preview(_) => Ok(()),
+        })
+    }
+
+    /// [`run_layer`](Self::run_layer) with the block's norms taken from
+    /// `norms` (which the callback may change, e.g. to fold a per-channel
+    /// input scaling into them), and previews: for each site in `previews`
+    /// (only [`Site::AttnOut`] and [`Site::Down`] have one), the callback
+    /// also gets, as [`Stage::Preview`], that site's input statistics
+    /// computed from the block's matrices as they are before the site that
+    /// produces the input is used (Q, K, V for AttnOut; gate and up for Down),
+    /// so a scaling of that input can be folded into those matrices before
+    /// they are quantized.
+    pub fn run_layer_with(
+        &mut self,
+        li: usize,
+        w: &mut LayerF32,
+        norms: &mut LayerNorms,
+        previews: &[Site],
+        step: &mut StepFn,
+    ) -> Result<(), String> {
         let m = self.model;
         let c = &m.config;
         let layer: &Layer = &m.weights.layers[li];
-        let (d, qd, kvd, ff) = (c.n_embd, c.n_head * c.head_dim, c.kv_dim(), c.n_ff);
+        let (d, qd, ff) = (c.n_embd, c.n_head * c.head_dim, c.n_ff);
         let n = self.n_tok;
-
-        // Q, K, V.
-        let mut st = InputStats::new(d);
-        for (a, b) in chunks(n) {
-            let mut xn = vec![0.0f32; (b - a) * d];
-            rms_norm(&self.x[a * d..b * d], &layer.attn_norm, c.rms_eps, &mut xn);
-            accumulate(&mut st, &xn);
+        if norms.attn.len() != d || norms.ffn.len() != d {
+            return Err(format!(
+                "block {li}: norms of {} and {} values, expected {d}",
+                norms.attn.len(),
+                norms.ffn.len()
+            ));
         }
-        quantize(Site::Qkv, &finish(st), w)?;
+
+        // Q, K, V (and a preview of O's input from the matrices not yet quantized).
+        if previews.contains(&Site::AttnOut) {
+            let att = self.attention(layer, w, &norms.attn);
+            let pre = stats_of(&att, n, qd);
+            drop(att);
+            step(Stage::Preview(Site::AttnOut), &pre, w, norms)?;
+        }
+        let st = self.normed_stats(&norms.attn);
+        step(Stage::Use(Site::Qkv), &st, w, norms)?;
 
         // Attention, sequence by sequence; its output is kept for O.
-        let mut att = vec![0.0f32; n * qd];
+        let att = self.attention(layer, w, &norms.attn);
+        step(Stage::Use(Site::AttnOut), &stats_of(&att, n, qd), w, norms)?;
+        for (a, b) in chunks(n) {
+            let o = linear(&att[a * qd..b * qd], b - a, &w.wo, d, layer.bo.as_deref());
+            add(&mut self.x[a * d..b * d], &o);
+        }
+        drop(att);
+
+        // Gate and up (and a preview of down's input from them, not yet quantized).
+        if previews.contains(&Site::Down) {
+            let (pre, _) = self.swiglu_out(w, &norms.ffn, false);
+            step(Stage::Preview(Site::Down), &pre, w, norms)?;
+        }
+        let st = self.normed_stats(&norms.ffn);
+        step(Stage::Use(Site::GateUp), &st, w, norms)?;
+        let (st, h) = self.swiglu_out(w, &norms.ffn, true);
+        step(Stage::Use(Site::Down), &st, w, norms)?;
+        for (a, b) in chunks(n) {
+            let o = linear(&h[a * ff..b * ff], b - a, &w.w_down, d, None);
+            add(&mut self.x[a * d..b * d], &o);
+        }
+        Ok(())
+    }
+
+    /// Statistics of the residual stream through an RMSNorm of weights `norm`.
+    fn normed_stats(&self, norm: &[f32]) -> InputStats {
+        let (d, eps) = (self.model.config.n_embd, self.model.config.rms_eps);
+        let mut st = InputStats::new(d);
+        for (a, b) in chunks(self.n_tok) {
+            let mut xn = vec![0.0f32; (b - a) * d];
+            rms_norm(&self.x[a * d..b * d], norm, eps, &mut xn);
+            accumulate(&mut st, &xn);
+        }
+        finish(st)
+    }
+
+    /// The attention output (n_tokens × n_head·head_dim) of the block with
+    /// Q, K, V from `w` and the attention norm `norm`.
+    fn attention(&self, layer: &Layer, w: &LayerF32, norm: &[f32]) -> Vec<f32> {
+        let m = self.model;
+        let c = &m.config;
+        let (d, qd, kvd) = (c.n_embd, c.n_head * c.head_dim, c.kv_dim());
+        let mut att = vec![0.0f32; self.n_tok * qd];
         for &(s0, len) in &self.seqs {
             let mut xn = vec![0.0f32; len * d];
-            rms_norm(
-                &self.x[s0 * d..(s0 + len) * d],
-                &layer.attn_norm,
-                c.rms_eps,
-                &mut xn,
-            );
+            rms_norm(&self.x[s0 * d..(s0 + len) * d], norm, c.rms_eps, &mut xn);
             let mut q = linear(&xn, len, &w.wq, qd, layer.bq.as_deref());
             let mut k = linear(&xn, len, &w.wk, kvd, layer.bk.as_deref());
             let v = linear(&xn, len, &w.wv, kvd, layer.bv.as_deref());
@@ -192,43 +300,42 @@ impl<'m> LayerPass<'m> {
             m.rope(&mut k, c.n_head_kv, 0);
             causal_attention(m, &q, &k, &v, len, &mut att[s0 * qd..(s0 + len) * qd]);
         }
-        let mut st = InputStats::new(qd);
-        for (a, b) in chunks(n) {
-            accumulate(&mut st, &att[a * qd..b * qd]);
-        }
-        quantize(Site::AttnOut, &finish(st), w)?;
-        for (a, b) in chunks(n) {
-            let o = linear(&att[a * qd..b * qd], b - a, &w.wo, d, layer.bo.as_deref());
-            add(&mut self.x[a * d..b * d], &o);
-        }
-        drop(att);
+        att
+    }
 
-        // Gate and up.
-        let mut st = InputStats::new(d);
-        for (a, b) in chunks(n) {
-            let mut xn = vec![0.0f32; (b - a) * d];
-            rms_norm(&self.x[a * d..b * d], &layer.ffn_norm, c.rms_eps, &mut xn);
-            accumulate(&mut st, &xn);
-        }
-        quantize(Site::GateUp, &finish(st), w)?;
-        let mut h = vec![0.0f32; n * ff];
+    /// Statistics of the SwiGLU output with gate and up from `w` and the FFN
+    /// norm `norm`; the output itself (n_tokens × n_ff) when `keep`.
+    fn swiglu_out(&self, w: &LayerF32, norm: &[f32], keep: bool) -> (InputStats, Vec<f32>) {
+        let c = &self.model.config;
+        let (d, ff, n) = (c.n_embd, c.n_ff, self.n_tok);
+        let mut h = if keep {
+            vec![0.0f32; n * ff]
+        } else {
+            Vec::new()
+        };
         let mut st = InputStats::new(ff);
         for (a, b) in chunks(n) {
             let mut xn = vec![0.0f32; (b - a) * d];
-            rms_norm(&self.x[a * d..b * d], &layer.ffn_norm, c.rms_eps, &mut xn);
+            rms_norm(&self.x[a * d..b * d], norm, c.rms_eps, &mut xn);
             let mut g = linear(&xn, b - a, &w.w_gate, ff, None);
             let u = linear(&xn, b - a, &w.w_up, ff, None);
             swiglu(&mut g, &u);
             accumulate(&mut st, &g);
-            h[a * ff..b * ff].copy_from_slice(&g);
+            if keep {
+                h[a * ff..b * ff].copy_from_slice(&g);
+            }
         }
-        quantize(Site::Down, &finish(st), w)?;
-        for (a, b) in chunks(n) {
-            let o = linear(&h[a * ff..b * ff], b - a, &w.w_down, d, None);
-            add(&mut self.x[a * d..b * d], &o);
-        }
-        Ok(())
+        (finish(st), h)
     }
+}
+
+/// Statistics of `n` rows of `cols` values.
+fn stats_of(x: &[f32], n: usize, cols: usize) -> InputStats {
+    let mut st = InputStats::new(cols);
+    for (a, b) in chunks(n) {
+        accumulate(&mut st, &x[a * cols..b * cols]);
+    }
+    finish(st)
 }
 
 fn chunks(n: usize) -> impl Iterator<Item = (usize, usize)> {

@@ -45,6 +45,26 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// Says these bytes will not be read again soon: a memory-mapped tensor's
+    /// pages leave the process's resident memory (and are read back from the
+    /// file if touched again), which keeps a layer-by-layer pass over a big
+    /// model from holding all of it. Owned tensors are unchanged.
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        if let TensorData::Mapped(m, r) = &self.data {
+            // SAFETY: `Mmap` is a read-only shared file mapping. After
+            // MADV_DONTNEED the kernel refills its pages from the file on the
+            // next access, so any slice still borrowed from it reads the same
+            // bytes (the premise of every mapping here: the file is not
+            // modified while mapped). The range lies inside the map, and
+            // memmap2 aligns its start down to a page. A failed hint only
+            // means the pages stay resident, so its error is ignored.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, r.start, r.len())
+            };
+        }
+    }
+
     /// Total number of elements.
     pub fn n_elements(&self) -> usize {
         self.dims.iter().product()

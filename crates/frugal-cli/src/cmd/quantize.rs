@@ -4,7 +4,10 @@ use crate::common::{progress_bar, resolve_model};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
 use frugal_compress::calib::Calibration;
+use frugal_compress::quant::budget;
+use frugal_compress::quant::imatrix::Imatrix;
 use frugal_compress::quant::pipeline::{quantize_model, QuantizeOptions, Quantized};
+use frugal_compress::quant::scales::Scaling;
 use frugal_compress::quant::{Gptq, Method, Rtn};
 use frugal_formats::gguf::GgufWriter;
 use frugal_formats::{FrugalType, GgmlType, MetaValue};
@@ -17,8 +20,23 @@ use std::time::Instant;
 pub enum MethodArg {
     /// Round to nearest, block by block (llama-quantize's output, byte for byte, for ggml types).
     Rtn,
+    /// Round to nearest with each block's scales searched under the calibration's per-channel
+    /// activation energy (llama.cpp's imatrix). Needs --calib.
+    Imatrix,
     /// GPTQ: column-by-column rounding with error feedback through the calibration Hessian.
     Gptq,
+    /// AWQ, then round to nearest: per input channel, scales s = RMS(x)^α (α searched on a grid
+    /// of 20 in [0, 1), or --alpha) multiply the weight columns and divide the inputs (folded
+    /// into the RMSNorm before Q, K, V and gate, up, into up's rows for down), chosen for the
+    /// smallest output error of the rounded weights. Needs --calib.
+    Awq,
+    /// AWQ's scales, then GPTQ on the scaled weights. Needs --calib.
+    AwqGptq,
+    /// SmoothQuant W8A8: s_j = max|x_j|^α / max|W_j|^(1-α) (--alpha, default 0.5) moves the
+    /// activations' outlier channels into the weights (folded as for awq), then int8 weights by
+    /// round to nearest. For --type W8_row (implied), whose activations are int8 per token,
+    /// quantized on the fly. Needs --calib.
+    Smoothquant,
 }
 
 #[derive(clap::Args)]
@@ -32,7 +50,10 @@ Calibrate on text that is not your evaluation text, e.g. wikitext-2 valid.txt wh
 
 Examples:
   frugal quantize -m model-f32.gguf -o q4_0.gguf --type Q4_0
-  frugal quantize -m model-f32.gguf -o gptq3.gguf --method gptq --bits 3 --group 128 --calib valid.txt")]
+  frugal quantize -m model-f32.gguf -o imx-q4k.gguf --method imatrix --type Q4_K --calib valid.txt
+  frugal quantize -m model-f32.gguf -o gptq3.gguf --method gptq --bits 3 --group 128 --calib valid.txt
+  frugal quantize -m model-f32.gguf -o awq-q4_0.gguf --method awq --type Q4_0 --calib valid.txt
+  frugal quantize -m model-f32.gguf -o w8a8.gguf --method smoothquant --type W8_row --calib valid.txt")]
 pub struct Args {
     /// Model to quantize (path or known name). A float model gives the best results.
     #[arg(short, long)]
@@ -62,7 +83,14 @@ pub struct Args {
     /// Type of the token embedding when untied. Default: the block type.
     #[arg(long)]
     pub embd_type: Option<String>,
-    /// Calibration text file (for gptq).
+    /// Mixed precision: give each block matrix its own type (Q2_K to Q8_0,
+    /// llama.cpp's fallbacks applied) so the whole stays within this many bits
+    /// per weight, spending bits where a one-pass sensitivity measurement on
+    /// the calibration text says they cut the most output error. Needs --calib;
+    /// --type is then optional (it only sets the default output type).
+    #[arg(long, value_name = "BPW")]
+    pub budget_bpw: Option<f64>,
+    /// Calibration text file (for imatrix, gptq, awq, awq-gptq and smoothquant).
     #[arg(long)]
     pub calib: Option<PathBuf>,
     /// Calibration tokens in all.
@@ -74,6 +102,15 @@ pub struct Args {
     /// GPTQ: visit columns by decreasing activation energy (static groups).
     #[arg(long)]
     pub act_order: bool,
+    /// GPTQ: choose each block's scales by the importance-weighted search of
+    /// --method imatrix (weights: the input channels' energies) instead of
+    /// the format's plain round-to-nearest fit.
+    #[arg(long)]
+    pub weighted_scales: bool,
+    /// SmoothQuant's migration strength α in [0, 1] (default 0.5); for awq and
+    /// awq-gptq, a fixed α in [0, 1) instead of the grid search.
+    #[arg(long)]
+    pub alpha: Option<f32>,
     /// GPTQ: damping, as a fraction of the Hessian's mean diagonal.
     #[arg(long, default_value = "0.01")]
     pub damp: f32,
@@ -157,26 +194,64 @@ pub fn run(a: Args) -> Result<()> {
     let ty = match (&a.ty, a.bits) {
         (Some(t), _) => parse_type(t)?,
         (None, Some(b)) => type_for_bits(b, a.group, a.sym)?,
+        (None, None) if a.method == MethodArg::Smoothquant => GgmlType::Frugal(FrugalType::W8Row),
+        (None, None) if a.budget_bpw.is_some() => GgmlType::Q4K,
         (None, None) => bail!("give a storage type: --type Q4_K, or --bits N [--group G] [--sym]"),
     };
     if ty.is_float() {
         bail!("{ty} is not a quantized type; use `frugal convert --type` for float conversions");
     }
     let method: Box<dyn Method> = match a.method {
-        MethodArg::Rtn => Box::new(Rtn),
-        MethodArg::Gptq => {
+        MethodArg::Rtn | MethodArg::Awq | MethodArg::Smoothquant => Box::new(Rtn),
+        MethodArg::Imatrix => Box::new(Imatrix),
+        MethodArg::Gptq | MethodArg::AwqGptq => {
             if !(0.0..1.0).contains(&a.damp) {
                 bail!("--damp {}: use a fraction in [0, 1)", a.damp);
             }
             Box::new(Gptq {
                 damp: a.damp,
                 act_order: a.act_order,
+                weighted_scales: a.weighted_scales,
                 ..Gptq::default()
             })
         }
     };
-    let eight_bit =
-        ty == GgmlType::Q8_0 || matches!(ty, GgmlType::Frugal(FrugalType::Affine { bits: 8, .. }));
+    let scaling = match a.method {
+        MethodArg::Awq | MethodArg::AwqGptq => match a.alpha {
+            Some(x) if !(0.0..1.0).contains(&x) => {
+                bail!("--alpha {x}: AWQ's exponent is in [0, 1)")
+            }
+            alpha => Scaling::Awq { alpha, grid: 20 },
+        },
+        MethodArg::Smoothquant => {
+            if ty != GgmlType::Frugal(FrugalType::W8Row) {
+                bail!(
+                    "--method smoothquant makes int8 weights for int8 per-token activations: \
+                     use --type W8_row (not {ty})"
+                );
+            }
+            let alpha = a.alpha.unwrap_or(0.5);
+            if !(0.0..=1.0).contains(&alpha) {
+                bail!("--alpha {alpha}: SmoothQuant's migration strength is in [0, 1]");
+            }
+            Scaling::SmoothQuant { alpha }
+        }
+        _ => {
+            if a.alpha.is_some() {
+                bail!("--alpha is for --method awq, awq-gptq and smoothquant");
+            }
+            Scaling::None
+        }
+    };
+    let method_name = match scaling.name() {
+        Some(sc) => format!("{sc}+{}", method.name()),
+        None => method.name(),
+    };
+    let eight_bit = ty == GgmlType::Q8_0
+        || matches!(
+            ty,
+            GgmlType::Frugal(FrugalType::Affine { bits: 8, .. } | FrugalType::W8Row)
+        );
     let output_ty = match &a.output_type {
         Some(t) => parse_type(t)?,
         None if eight_bit => GgmlType::Q8_0,
@@ -186,10 +261,22 @@ pub fn run(a: Args) -> Result<()> {
         Some(t) => parse_type(t)?,
         None => ty,
     };
-    if method.needs_calibration() && a.calib.is_none() {
+    if let Some(b) = a.budget_bpw {
+        if !(b.is_finite() && b > 0.0) {
+            bail!("--budget-bpw {b}: give a positive number of bits per weight, e.g. 4.5");
+        }
+        if a.calib.is_none() {
+            bail!(
+                "--budget-bpw measures each matrix's sensitivity on calibration text: --calib FILE"
+            );
+        }
+    }
+    let calibrate = method.needs_calibration() || !scaling.is_none();
+    if calibrate && a.calib.is_none() {
+        let arg = a.method.to_possible_value().expect("no skipped values");
         bail!(
             "--method {} needs calibration text: --calib FILE",
-            method.name()
+            arg.get_name()
         );
     }
     check_writable(&a.out)?;
@@ -198,7 +285,7 @@ pub fn run(a: Args) -> Result<()> {
     let (src, _) = load_source(&path).with_context(|| format!("reading {}", path.display()))?;
     let model = Model::from_source(&src)?;
     let calib = match &a.calib {
-        Some(p) if method.needs_calibration() => {
+        Some(p) if calibrate || a.budget_bpw.is_some() => {
             let tok = load_tokenizer(&src, model.config.n_vocab, None)?;
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("reading calibration text {}", p.display()))?;
@@ -218,6 +305,36 @@ pub fn run(a: Args) -> Result<()> {
     };
 
     let t0 = Instant::now();
+    let mut tensor_types = std::collections::HashMap::new();
+    if let (Some(bpw), Some(c)) = (a.budget_bpw, calib.as_ref()) {
+        let pb = progress_bar(
+            model.config.n_layer as u64,
+            a.quiet,
+            "measuring sensitivity",
+        );
+        let sens = budget::measure(&src, &model, c, &budget::GGML_LADDER, &mut |done, _, _| {
+            pb.set_position(done as u64)
+        })
+        .map_err(|e| anyhow!(e))?;
+        pb.finish_and_clear();
+        tensor_types = budget::allocate(&sens, bpw).map_err(|e| anyhow!(e))?;
+        if !a.quiet {
+            let mut count: Vec<(GgmlType, usize)> = Vec::new();
+            for t in tensor_types.values() {
+                match count.iter_mut().find(|c| c.0 == *t) {
+                    Some(c) => c.1 += 1,
+                    None => count.push((*t, 1)),
+                }
+            }
+            count.sort_by_key(|c| std::cmp::Reverse(c.1));
+            let list: Vec<String> = count.iter().map(|(t, n)| format!("{n} {t}")).collect();
+            eprintln!(
+                "budget {bpw} bpw: {:.3} bpw over the block matrices ({})",
+                budget::allocated_bpw(&sens, &tensor_types),
+                list.join(", ")
+            );
+        }
+    }
     let pb = progress_bar(model.config.n_layer as u64, a.quiet, "quantizing layers");
     let opts = QuantizeOptions {
         method: method.as_ref(),
@@ -225,6 +342,8 @@ pub fn run(a: Args) -> Result<()> {
         embd_ty,
         output_ty,
         calib: calib.as_ref(),
+        tensor_types,
+        scaling,
     };
     let q = quantize_model(&src, &model, &opts, &mut |done, _, _| {
         pb.set_position(done as u64)
@@ -239,8 +358,14 @@ pub fn run(a: Args) -> Result<()> {
         None => w.set_meta("general.file_type", MetaValue::U32(0)),
     };
     w.set_meta("general.quantization_version", MetaValue::U32(2));
-    w.set_meta("frugal.quantize.method", MetaValue::String(method.name()));
+    w.set_meta(
+        "frugal.quantize.method",
+        MetaValue::String(method_name.clone()),
+    );
     w.set_meta("frugal.quantize.type", MetaValue::String(ty.name().into()));
+    if let Some(b) = a.budget_bpw {
+        w.set_meta("frugal.quantize.budget_bpw", MetaValue::F32(b as f32));
+    }
     let frugal_types: Vec<MetaValue> = {
         let mut v: Vec<&str> = q
             .tensors
@@ -289,7 +414,7 @@ pub fn run(a: Args) -> Result<()> {
         "wrote {} ({:.1} MB) with {} into {} in {:.1} s",
         a.out.display(),
         bytes as f64 / 1e6,
-        method.name(),
+        method_name,
         ty,
         t0.elapsed().as_secs_f64()
     );

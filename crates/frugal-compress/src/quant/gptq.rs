@@ -15,6 +15,7 @@
 //! Rows never interact, so chunks of rows run in parallel.
 
 use super::format::{nearest_code, Format};
+use super::imatrix::fit_weighted;
 use super::method::{matrix_bytes, InputStats, Method};
 use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
@@ -28,6 +29,10 @@ pub struct Gptq {
     pub block: usize,
     /// Visit columns by decreasing activation energy.
     pub act_order: bool,
+    /// Choose each block's scales by the importance-weighted search of
+    /// [`super::imatrix`] (weights: the input channels' energies, H's
+    /// diagonal) instead of the format's plain reference quantizer.
+    pub weighted_scales: bool,
 }
 
 impl Default for Gptq {
@@ -36,17 +41,21 @@ impl Default for Gptq {
             damp: 0.01,
             block: 128,
             act_order: false,
+            weighted_scales: false,
         }
     }
 }
 
 impl Method for Gptq {
     fn name(&self) -> String {
+        let mut name = String::from("gptq");
         if self.act_order {
-            "gptq+act-order".into()
-        } else {
-            "gptq".into()
+            name += "+act-order";
         }
+        if self.weighted_scales {
+            name += "+imatrix";
+        }
+        name
     }
 
     fn needs_calibration(&self) -> bool {
@@ -101,6 +110,9 @@ impl Method for Gptq {
         drop(h);
         let u = upper_cholesky_of_inverse(hp, self.damp as f64)?;
 
+        let importance = self
+            .weighted_scales
+            .then(|| super::imatrix::channel_importance(stats));
         let mut out = vec![0u8; total];
         let rb = total / rows.max(1);
         let threads = rayon::current_num_threads().max(1);
@@ -113,6 +125,7 @@ impl Method for Gptq {
             perm: &perm,
             u: &u,
             act_order: self.act_order,
+            importance: importance.as_deref(),
         };
         out.par_chunks_mut(chunk * rb)
             .zip(w.par_chunks(chunk * cols))
@@ -161,6 +174,8 @@ struct Ctx<'a> {
     /// U, row-major `cols × cols`.
     u: &'a [f32],
     act_order: bool,
+    /// Per input column, for weighted scale search.
+    importance: Option<&'a [f32]>,
 }
 
 impl Ctx<'_> {
@@ -180,7 +195,10 @@ impl Ctx<'_> {
         let fit =
             |r: usize, b: usize, x: &[f32], blocks: &mut [u8], s: &mut [f32], o: &mut [f32]| {
                 let blk = &mut blocks[(r * nblk + b) * bb..][..bb];
-                fmt.fit(x, blk);
+                match self.importance {
+                    Some(imp) => fit_weighted(fmt, x, &imp[b * fit_len..][..fit_len], blk),
+                    None => fmt.fit(x, blk),
+                }
                 let at = r * cols + b * fit_len;
                 fmt.levels(blk, &mut s[at..at + fit_len], &mut o[at..at + fit_len]);
             };

@@ -5,10 +5,16 @@
 //! the token embedding and the output matrix are rounded to nearest into
 //! their own (usually higher-precision) type, as llama.cpp does; vectors
 //! (norms, biases) stay f32.
+//!
+//! With an input scaling ([`Scaling`]: AWQ, SmoothQuant), each site's scales
+//! are chosen just before its matrices are rounded and folded into the
+//! layer before (see [`super::scales`]); the norms that change are written
+//! too, as f32.
 
 use super::format::{Format, TypeFormat};
 use super::method::{InputStats, Method};
-use crate::calib::{Calibration, LayerF32, LayerPass, Site};
+use super::scales::{self, Scaling, SiteMatrix};
+use crate::calib::{Calibration, LayerF32, LayerNorms, LayerPass, Site, Stage};
 use frugal_formats::{FrugalType, GgmlType, ModelSource, Tensor};
 use frugal_model::{tensor_to_f32, Model};
 
@@ -23,6 +29,19 @@ pub struct QuantizeOptions<'a> {
     pub output_ty: GgmlType,
     /// Calibration sequences (required by methods that need statistics).
     pub calib: Option<&'a Calibration>,
+    /// Per-tensor types that replace `ty` for the block matrices named
+    /// (mixed precision); fallbacks still apply.
+    pub tensor_types: std::collections::HashMap<String, GgmlType>,
+    /// Per-input-channel scaling of the block matrices before the method
+    /// rounds them (needs calibration).
+    pub scaling: Scaling,
+}
+
+impl QuantizeOptions<'_> {
+    /// The type asked for the block matrix `name`.
+    pub fn type_of(&self, name: &str) -> GgmlType {
+        self.tensor_types.get(name).copied().unwrap_or(self.ty)
+    }
 }
 
 /// A quantized tensor, ready to write.
@@ -68,7 +87,7 @@ pub fn fit_type(want: GgmlType, cols: usize) -> GgmlType {
 }
 
 /// The block matrices of block `li`, by GGUF name, with their site.
-fn matrices(li: usize) -> [(String, Site); 7] {
+pub(crate) fn matrices(li: usize) -> [(String, Site); 7] {
     let n = |s: &str| format!("blk.{li}.{s}.weight");
     [
         (n("attn_q"), Site::Qkv),
@@ -98,8 +117,12 @@ fn tensor<'s>(src: &'s ModelSource, name: &str) -> Result<&'s Tensor, String> {
         .ok_or_else(|| format!("the model has no tensor `{name}`"))
 }
 
+/// A tensor's values, after which its mapped pages are let go: the pass
+/// reads each weight once, so resident memory stays near one layer's worth.
 fn to_f32(t: &Tensor) -> Result<Vec<f32>, String> {
-    tensor_to_f32(t).map_err(|e| e.to_string())
+    let v = tensor_to_f32(t).map_err(|e| e.to_string())?;
+    t.release_pages();
+    Ok(v)
 }
 
 struct Run<'a> {
@@ -152,11 +175,10 @@ pub fn quantize_model(
     progress: Progress,
 ) -> Result<Quantized, String> {
     let method = opts.method;
-    if method.needs_calibration() && opts.calib.is_none() {
-        return Err(format!(
-            "{} needs calibration text: pass --calib FILE",
-            method.name()
-        ));
+    let calibrate = method.needs_calibration() || !opts.scaling.is_none();
+    if calibrate && opts.calib.is_none() {
+        let name = opts.scaling.name().unwrap_or_else(|| method.name());
+        return Err(format!("{name} needs calibration text: pass --calib FILE"));
     }
     let n_layer = model.config.n_layer;
     let mut run = Run {
@@ -184,11 +206,11 @@ pub fn quantize_model(
     progress(0, n_layer, "layers");
 
     let mut pass = match opts.calib {
-        Some(c) if method.needs_calibration() => {
-            Some(LayerPass::new(model, c).map_err(|e| e.to_string())?)
-        }
+        Some(c) if calibrate => Some(LayerPass::new(model, c).map_err(|e| e.to_string())?),
         _ => None,
     };
+    model.weights.token_embd.release_pages();
+    let mut summary = ScaleSummary::default();
     for li in 0..n_layer {
         let mats = matrices(li);
         let mut w = LayerF32 {
@@ -205,34 +227,177 @@ pub fn quantize_model(
         }
         match pass.as_mut() {
             Some(pass) => {
-                let ty = run.opts.ty;
-                let mut step = |site: Site, st: &InputStats, w: &mut LayerF32| {
+                let layer = &model.weights.layers[li];
+                let mut norms = LayerNorms::of(layer);
+                let before = norms.clone();
+                // Down's scales fold into up's rows and O's into V's, which
+                // are rounded before Down's and O's inputs exist: those
+                // scales are chosen on previews. O only without GQA (V's
+                // rows then match O's columns one to one), as AutoAWQ does.
+                let mut previews = Vec::new();
+                if !opts.scaling.is_none() {
+                    previews.push(Site::Down);
+                    let c = &model.config;
+                    if c.n_head == c.n_head_kv && layer.bv.is_none() {
+                        previews.push(Site::AttnOut);
+                    }
+                }
+                let mut step = |stage: Stage,
+                                st: &InputStats,
+                                w: &mut LayerF32,
+                                norms: &mut LayerNorms|
+                 -> Result<(), String> {
+                    let (site, preview) = match stage {
+                        Stage::Use(s) => (s, false),
+                        Stage::Preview(s) => (s, true),
+                    };
+                    // Q, K, V and gate, up are scaled where they are used;
+                    // O and down on their previews (or not at all).
+                    let scale_here = !opts.scaling.is_none()
+                        && preview == matches!(site, Site::AttnOut | Site::Down);
+                    let mut scaled = None;
+                    if scale_here {
+                        let choice = choose_scales(src, opts, &mats, site, st, w)?;
+                        if let Some(ch) = choice {
+                            scales::fold(site, &ch.s, w, norms)?;
+                            summary.add(site, &ch);
+                            if !preview {
+                                scaled = Some(scales::scaled_stats(st, &ch.s));
+                            }
+                        }
+                    }
+                    if preview {
+                        return Ok(());
+                    }
+                    let st = scaled.as_ref().unwrap_or(st);
                     for (k, (name, s)) in mats.iter().enumerate() {
                         if *s != site {
                             continue;
                         }
                         let dims = &tensor(src, name)?.dims;
                         let wk = std::mem::take(slot(w, k));
+                        let ty = run.opts.type_of(name);
                         *slot(w, k) = run.matrix(name, &wk, dims, ty, method, Some(st))?;
                     }
                     Ok(())
                 };
-                pass.run_layer(li, &mut w, &mut step)?;
+                pass.run_layer_with(li, &mut w, &mut norms, &previews, &mut step)?;
+                for (name, new, old) in [
+                    ("attn_norm", &norms.attn, &before.attn),
+                    ("ffn_norm", &norms.ffn, &before.ffn),
+                ] {
+                    if new != old {
+                        let name = format!("blk.{li}.{name}.weight");
+                        let dims = tensor(src, &name)?.dims.clone();
+                        run.out.push(QTensor {
+                            name,
+                            ty: GgmlType::F32,
+                            dims,
+                            bytes: new.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                        });
+                    }
+                }
             }
             None => {
                 for (k, (name, _)) in mats.iter().enumerate() {
                     let dims = &tensor(src, name)?.dims;
                     let wk = std::mem::take(slot(&mut w, k));
-                    run.matrix(name, &wk, dims, run.opts.ty, method, None)?;
+                    run.matrix(name, &wk, dims, run.opts.type_of(name), method, None)?;
                 }
             }
         }
         progress(li + 1, n_layer, "layers");
     }
+    if let Some(name) = opts.scaling.name() {
+        run.notes.extend(summary.notes(&name));
+    }
     Ok(Quantized {
         tensors: run.out,
         notes: run.notes,
     })
+}
+
+/// The scales `opts.scaling` picks for `site`'s matrices in `w`, each
+/// judged in the type it will be stored in.
+fn choose_scales(
+    src: &ModelSource,
+    opts: &QuantizeOptions,
+    mats: &[(String, Site); 7],
+    site: Site,
+    st: &InputStats,
+    w: &LayerF32,
+) -> Result<Option<scales::Choice>, String> {
+    let mut fmts = Vec::new();
+    let mut ks = Vec::new();
+    for (k, (name, s)) in mats.iter().enumerate() {
+        if *s != site {
+            continue;
+        }
+        let dims = &tensor(src, name)?.dims;
+        let ty = fit_type(opts.type_of(name), dims[0]);
+        fmts.push(TypeFormat::new(ty).map_err(|e| format!("{name}: {}", e.0))?);
+        ks.push((k, dims[1..].iter().product::<usize>()));
+    }
+    let ws: Vec<&[f32]> = ks.iter().map(|&(k, _)| slot_ref(w, k)).collect();
+    let sm: Vec<SiteMatrix> = ks
+        .iter()
+        .zip(&ws)
+        .zip(&fmts)
+        .map(|((&(_, rows), w), fmt)| SiteMatrix {
+            w,
+            rows,
+            fmt: fmt as &dyn Format,
+        })
+        .collect();
+    scales::choose(&opts.scaling, st, &sm)
+}
+
+fn slot_ref(w: &LayerF32, k: usize) -> &[f32] {
+    match k {
+        0 => &w.wq,
+        1 => &w.wk,
+        2 => &w.wv,
+        3 => &w.wo,
+        4 => &w.w_gate,
+        5 => &w.w_up,
+        _ => &w.w_down,
+    }
+}
+
+/// What the scaling chose, per kind of site, for the user.
+#[derive(Default)]
+struct ScaleSummary {
+    /// Per site: (sites, Σ α, Σ loss, Σ loss without scaling).
+    by_site: [(usize, f64, f64, f64); 4],
+}
+
+impl ScaleSummary {
+    fn add(&mut self, site: Site, ch: &scales::Choice) {
+        let e = &mut self.by_site[site as usize];
+        e.0 += 1;
+        e.1 += ch.alpha as f64;
+        if let Some((l, l0)) = ch.loss {
+            e.2 += l;
+            e.3 += l0;
+        }
+    }
+
+    fn notes(&self, name: &str) -> Vec<String> {
+        let names = ["q/k/v", "o", "gate/up", "down"];
+        let mut parts = Vec::new();
+        for (e, n) in self.by_site.iter().zip(names) {
+            if e.0 == 0 {
+                parts.push(format!("{n} not scaled"));
+                continue;
+            }
+            let mut p = format!("{n} mean α {:.2}", e.1 / e.0 as f64);
+            if e.3 > 0.0 {
+                p += &format!(" (rounding error {:.2}× RTN's)", e.2 / e.3);
+            }
+            parts.push(p);
+        }
+        vec![format!("{name}: {}", parts.join(", "))]
+    }
 }
 
 #[cfg(test)]

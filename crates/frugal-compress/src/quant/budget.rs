@@ -1,0 +1,308 @@
+//! Mixed precision under a bit budget (`--budget-bpw`).
+//!
+//! Each block matrix gets the type that buys the most accuracy per byte:
+//!
+//! 1. [`measure`] runs the float model over calibration text once and, for
+//!    every matrix and every candidate type, rounds the matrix to nearest and
+//!    estimates the squared output error that adds, Σⱼ Hⱼⱼ·‖ΔW₍:,ⱼ₎‖², with
+//!    Hⱼⱼ the mean square of input channel j (the Hessian's diagonal). The
+//!    error is divided by the mean square of the residual stream entering the
+//!    layer, so layers are compared by the error relative to their signal.
+//! 2. [`allocate`] starts every matrix at its cheapest type and spends the
+//!    budget greedily on the upgrades with the largest error drop per extra
+//!    byte (along each matrix's lower convex hull of bytes against error).
+
+use super::format::TypeFormat;
+use super::method::{InputStats, Method, Rtn};
+use super::pipeline::{fit_type, matrices, Progress};
+use crate::calib::{Calibration, LayerF32, LayerPass, Site};
+use frugal_formats::{GgmlType, ModelSource};
+use frugal_model::{tensor_to_f32, Model};
+use std::collections::{BinaryHeap, HashMap};
+
+/// One matrix's choices: `(type, bytes, relative output error)`, by bytes.
+#[derive(Clone, Debug)]
+pub struct Sensitivity {
+    pub name: String,
+    pub elements: usize,
+    pub options: Vec<(GgmlType, usize, f64)>,
+}
+
+/// The default candidates: every ggml type llama.cpp reads, from 2 to 8 bits.
+pub const GGML_LADDER: [GgmlType; 10] = [
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4_0,
+    GgmlType::Q4K,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5K,
+    GgmlType::Q5_1,
+    GgmlType::Q6K,
+    GgmlType::Q8_0,
+];
+
+/// The squared output error of replacing `w` by `q` (both `rows × cols`),
+/// weighted by each input channel's mean square `h`.
+fn weighted_error(w: &[f32], q: &[f32], h: &[f64], cols: usize) -> f64 {
+    let mut col = vec![0.0f64; cols];
+    for (wr, qr) in w.chunks_exact(cols).zip(q.chunks_exact(cols)) {
+        for ((c, a), b) in col.iter_mut().zip(wr).zip(qr) {
+            let d = (a - b) as f64;
+            *c += d * d;
+        }
+    }
+    col.iter().zip(h).map(|(c, h)| c * h).sum()
+}
+
+/// Each matrix's error for each candidate type, from one float pass over `calib`.
+pub fn measure(
+    src: &ModelSource,
+    model: &Model,
+    calib: &Calibration,
+    candidates: &[GgmlType],
+    progress: Progress,
+) -> Result<Vec<Sensitivity>, String> {
+    let mut pass = LayerPass::new(model, calib).map_err(|e| e.to_string())?;
+    let n_layer = model.config.n_layer;
+    let mut out = Vec::new();
+    progress(0, n_layer, "sensitivity");
+    for li in 0..n_layer {
+        let mats = matrices(li);
+        let mut ws = Vec::with_capacity(7);
+        let mut dims = Vec::with_capacity(7);
+        for (name, _) in &mats {
+            let t = src
+                .tensor(name)
+                .ok_or_else(|| format!("the model has no tensor `{name}`"))?;
+            ws.push(tensor_to_f32(t).map_err(|e| e.to_string())?);
+            dims.push(t.dims.clone());
+            t.release_pages();
+        }
+        let hidden = pass.hidden();
+        let signal = hidden.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()
+            / (hidden.len().max(1) as f64);
+        let signal = if signal > 0.0 { signal } else { 1.0 };
+        let mut w = layer_f32(&ws);
+        let mut step = |site: Site, st: &InputStats, _: &mut LayerF32| -> Result<(), String> {
+            let n = st.cols;
+            let h: Vec<f64> = (0..n)
+                .map(|j| st.xtx[j * n + j] as f64 / st.tokens.max(1) as f64)
+                .collect();
+            for (k, (name, s)) in mats.iter().enumerate() {
+                if *s != site {
+                    continue;
+                }
+                let (cols, rows) = (dims[k][0], dims[k][1..].iter().product::<usize>());
+                let mut options: Vec<(GgmlType, usize, f64)> = Vec::new();
+                for &want in candidates {
+                    let ty = fit_type(want, cols);
+                    if options.iter().any(|o| o.0 == ty) {
+                        continue;
+                    }
+                    let Ok(fmt) = TypeFormat::new(ty) else {
+                        continue;
+                    };
+                    if ty.row_bytes(cols as u64).is_none() {
+                        continue;
+                    }
+                    let bytes = Rtn
+                        .quantize(&ws[k], rows, cols, &fmt, None)
+                        .map_err(|e| format!("{name}: {e}"))?;
+                    let mut back = vec![0.0f32; rows * cols];
+                    frugal_kernels::dequantize_rows(ty, &bytes, &mut back, cols)
+                        .map_err(|e| format!("{name}: {e}"))?;
+                    let err = weighted_error(&ws[k], &back, &h, cols) / signal;
+                    options.push((ty, bytes.len(), err));
+                }
+                if options.is_empty() {
+                    return Err(format!("{name}: no candidate type fits rows of {cols}"));
+                }
+                options.sort_by_key(|o| o.1);
+                out.push(Sensitivity {
+                    name: name.clone(),
+                    elements: rows * cols,
+                    options,
+                });
+            }
+            Ok(())
+        };
+        pass.run_layer(li, &mut w, &mut step)?;
+        progress(li + 1, n_layer, "sensitivity");
+    }
+    Ok(out)
+}
+
+fn layer_f32(ws: &[Vec<f32>]) -> LayerF32 {
+    LayerF32 {
+        wq: ws[0].clone(),
+        wk: ws[1].clone(),
+        wv: ws[2].clone(),
+        wo: ws[3].clone(),
+        w_gate: ws[4].clone(),
+        w_up: ws[5].clone(),
+        w_down: ws[6].clone(),
+    }
+}
+
+/// The options of one matrix on the lower convex hull of (bytes, error):
+/// the only ones a greedy spender should step through.
+fn hull(options: &[(GgmlType, usize, f64)]) -> Vec<usize> {
+    let mut h: Vec<usize> = Vec::new();
+    for (i, o) in options.iter().enumerate() {
+        // Dominated: no cheaper in error than something no bigger.
+        if let Some(&last) = h.last() {
+            if o.2 >= options[last].2 {
+                continue;
+            }
+            if o.1 == options[last].1 {
+                h.pop();
+            }
+        }
+        while h.len() >= 2 {
+            let (a, b) = (&options[h[h.len() - 2]], &options[h[h.len() - 1]]);
+            // Slope a→b must be steeper (more error saved per byte) than b→o.
+            let s_ab = (a.2 - b.2) / (b.1 - a.1) as f64;
+            let s_bo = (b.2 - o.2) / (o.1 - b.1) as f64;
+            if s_bo >= s_ab {
+                h.pop();
+            } else {
+                break;
+            }
+        }
+        h.push(i);
+    }
+    h
+}
+
+struct Step {
+    gain: f64,
+    matrix: usize,
+}
+
+impl PartialEq for Step {
+    fn eq(&self, o: &Self) -> bool {
+        self.gain == o.gain && self.matrix == o.matrix
+    }
+}
+impl Eq for Step {}
+impl PartialOrd for Step {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Step {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.gain
+            .total_cmp(&o.gain)
+            .then(o.matrix.cmp(&self.matrix))
+    }
+}
+
+/// A type per matrix with at most `bpw` bits per weight over all of them,
+/// spending the bits where they cut the most error. Errors if even the
+/// cheapest types exceed the budget.
+pub fn allocate(sens: &[Sensitivity], bpw: f64) -> Result<HashMap<String, GgmlType>, String> {
+    let elements: usize = sens.iter().map(|s| s.elements).sum();
+    let budget = (bpw * elements as f64 / 8.0).floor() as usize;
+    let hulls: Vec<Vec<usize>> = sens.iter().map(|s| hull(&s.options)).collect();
+    let mut at = vec![0usize; sens.len()];
+    let mut used: usize = sens
+        .iter()
+        .zip(&hulls)
+        .map(|(s, h)| s.options[h[0]].1)
+        .sum();
+    if used > budget {
+        return Err(format!(
+            "--budget-bpw {bpw}: the smallest candidate types already need {:.2} bits per weight",
+            used as f64 * 8.0 / elements as f64
+        ));
+    }
+    let gain = |m: usize, at: usize| -> Option<Step> {
+        let h = &hulls[m];
+        let (a, b) = (
+            sens[m].options[*h.get(at)?],
+            sens[m].options[*h.get(at + 1)?],
+        );
+        Some(Step {
+            gain: (a.2 - b.2) / (b.1 - a.1) as f64,
+            matrix: m,
+        })
+    };
+    let mut heap: BinaryHeap<Step> = (0..sens.len()).filter_map(|m| gain(m, 0)).collect();
+    while let Some(Step { matrix: m, .. }) = heap.pop() {
+        let h = &hulls[m];
+        let extra = sens[m].options[h[at[m] + 1]].1 - sens[m].options[h[at[m]]].1;
+        if used + extra > budget {
+            continue;
+        }
+        used += extra;
+        at[m] += 1;
+        if let Some(s) = gain(m, at[m]) {
+            heap.push(s);
+        }
+    }
+    Ok(sens
+        .iter()
+        .zip(&hulls)
+        .zip(&at)
+        .map(|((s, h), &i)| (s.name.clone(), s.options[h[i]].0))
+        .collect())
+}
+
+/// Bits per weight of an allocation.
+pub fn allocated_bpw(sens: &[Sensitivity], types: &HashMap<String, GgmlType>) -> f64 {
+    let mut bytes = 0usize;
+    let mut elements = 0usize;
+    for s in sens {
+        if let Some(o) = s.options.iter().find(|o| Some(&o.0) == types.get(&s.name)) {
+            bytes += o.1;
+            elements += s.elements;
+        }
+    }
+    bytes as f64 * 8.0 / elements.max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use GgmlType::*;
+
+    fn sens(name: &str, errs: [f64; 3]) -> Sensitivity {
+        // 1024 elements at 4.5, 5.5 and 8.5 bits per weight.
+        Sensitivity {
+            name: name.into(),
+            elements: 1024,
+            options: vec![
+                (Q4_0, 576, errs[0]),
+                (Q5_0, 704, errs[1]),
+                (Q8_0, 1088, errs[2]),
+            ],
+        }
+    }
+
+    #[test]
+    fn spends_bits_on_the_sensitive_matrix() {
+        let s = vec![sens("a", [1.0, 0.5, 0.1]), sens("b", [100.0, 20.0, 1.0])];
+        // Budget for one matrix at 8.5 and one at 4.5 bits.
+        let t = allocate(&s, 6.5).unwrap();
+        assert_eq!(t["a"], Q4_0);
+        assert_eq!(t["b"], Q8_0);
+        assert!(allocated_bpw(&s, &t) <= 6.5);
+        // A budget with room for everything takes the best type everywhere.
+        let t = allocate(&s, 9.0).unwrap();
+        assert_eq!((t["a"], t["b"]), (Q8_0, Q8_0));
+        // One below the cheapest is refused with the bits it would need.
+        let e = allocate(&s, 4.0).unwrap_err();
+        assert!(e.contains("4.50"), "{e}");
+    }
+
+    #[test]
+    fn skips_options_that_do_not_pay() {
+        // Q5_0 is no better than Q4_0 here, so it is never chosen.
+        let s = vec![sens("a", [1.0, 1.0, 0.1])];
+        assert_eq!(hull(&s[0].options), vec![0, 2]);
+        let t = allocate(&s, 6.0).unwrap();
+        assert_eq!(t["a"], Q4_0, "the only upgrade worth having does not fit");
+    }
+}
