@@ -2,50 +2,11 @@
 //! SmolLM2 model (fetched on first use), and their argument checks.
 
 mod common;
+mod quantize_common;
 
 use frugal_formats::{FrugalType, GgmlType, MetaValue};
 use frugal_model::load::load_source;
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn frugal(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_frugal"))
-        .args(args)
-        .output()
-        .expect("run frugal")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = frugal(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "frugal {args:?} failed:\n{stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(args: &[&str], needle: &str) {
-    let out = frugal(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "frugal {args:?} should fail");
-    assert!(stderr.contains(needle), "expected `{needle}` in:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
-fn ppl(model: &Path, chunks: &str) -> f64 {
-    let wiki = common::shared().join("data/wikitext-2-raw/wiki.test.raw");
-    let out = ok(&[
-        "perplexity",
-        "-q",
-        "--json",
-        "-m",
-        model.to_str().unwrap(),
-        "-f",
-        wiki.to_str().unwrap(),
-        "--chunks",
-        chunks,
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["ppl"].as_f64().unwrap()
-}
+use quantize_common::{fails, ok, ppl};
 
 #[test]
 fn scaling_methods_check_their_arguments() {

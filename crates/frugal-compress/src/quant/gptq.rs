@@ -16,7 +16,7 @@
 
 use super::format::{nearest_code, Format};
 use super::imatrix::fit_weighted;
-use super::method::{matrix_bytes, InputStats, Method};
+use super::method::{matrix_bytes, require_stats, InputStats, Method};
 use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
 use frugal_kernels::sgemm::{sgemm, View};
@@ -70,13 +70,7 @@ impl Method for Gptq {
         fmt: &dyn Format,
         stats: Option<&InputStats>,
     ) -> Result<Vec<u8>, String> {
-        let stats = stats.ok_or("GPTQ needs calibration statistics (--calib)")?;
-        if stats.cols != cols {
-            return Err(format!(
-                "calibration has {} input channels, the matrix {cols}",
-                stats.cols
-            ));
-        }
+        let stats = require_stats(stats, cols, "GPTQ")?;
         let total = matrix_bytes(fmt, rows, cols)?;
         let fit_len = fmt.fit_len(cols);
         // A lazy block must start where every fit block starts, so a block's

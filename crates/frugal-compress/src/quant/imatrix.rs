@@ -30,7 +30,7 @@
 //! than RTN under the weights it was given.
 
 use super::format::{nearest_code, Format};
-use super::method::{matrix_bytes, InputStats, Method};
+use super::method::{quantize_blocks, require_stats, InputStats, Method};
 use frugal_formats::{FrugalType, GgmlType, QK_K};
 use frugal_kernels::frugal::affine_encode_row;
 use frugal_kernels::kquants::blocks::{
@@ -40,7 +40,6 @@ use frugal_kernels::kquants::blocks::{
 use frugal_kernels::legacy::blocks::F16Le;
 use frugal_kernels::traits;
 use half::f16;
-use rayon::prelude::*;
 
 /// `x` through f16 and back (what a stored scale becomes).
 fn f16r(x: f32) -> f32 {
@@ -534,27 +533,10 @@ impl Method for Imatrix {
         fmt: &dyn Format,
         stats: Option<&InputStats>,
     ) -> Result<Vec<u8>, String> {
-        let st = stats.ok_or("imatrix needs calibration statistics (--calib)")?;
-        if st.cols != cols {
-            return Err(format!(
-                "calibration statistics are for {} inputs, the matrix has {cols}",
-                st.cols
-            ));
-        }
-        let imp = channel_importance(st);
-        let total = matrix_bytes(fmt, rows, cols)?;
-        let mut out = vec![0u8; total];
-        let rb = total / rows.max(1);
-        let n = fmt.fit_len(cols);
-        let bb = fmt.block_bytes(cols);
-        out.par_chunks_mut(rb)
-            .zip(w.par_chunks(cols))
-            .for_each(|(o, row)| {
-                for ((ob, x), wb) in o.chunks_mut(bb).zip(row.chunks(n)).zip(imp.chunks(n)) {
-                    fit_weighted(fmt, x, wb, ob);
-                }
-            });
-        Ok(out)
+        let imp = channel_importance(require_stats(stats, cols, "imatrix")?);
+        quantize_blocks(w, rows, cols, fmt, |x, col, out| {
+            fit_weighted(fmt, x, &imp[col..col + x.len()], out)
+        })
     }
 }
 

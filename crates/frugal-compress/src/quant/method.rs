@@ -61,6 +61,48 @@ pub fn matrix_bytes(fmt: &dyn Format, rows: usize, cols: usize) -> Result<usize,
     Ok(rows * rb as usize)
 }
 
+/// The statistics a calibrated method needs, checked against the matrix
+/// width; `method` names the method in the error.
+pub fn require_stats<'a>(
+    stats: Option<&'a InputStats>,
+    cols: usize,
+    method: &str,
+) -> Result<&'a InputStats, String> {
+    let st = stats.ok_or_else(|| format!("{method} needs calibration statistics (--calib)"))?;
+    if st.cols != cols {
+        return Err(format!(
+            "calibration statistics are for {} inputs, the matrix has {cols}",
+            st.cols
+        ));
+    }
+    Ok(st)
+}
+
+/// Quantizes `w` (`rows × cols`) block by block, rows in parallel:
+/// `fit(x, col, out)` writes the fit block of `x`, which starts at column
+/// `col`, into `out`.
+pub fn quantize_blocks(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    fmt: &dyn Format,
+    fit: impl Fn(&[f32], usize, &mut [u8]) + Sync,
+) -> Result<Vec<u8>, String> {
+    let total = matrix_bytes(fmt, rows, cols)?;
+    let mut out = vec![0u8; total];
+    let rb = total / rows.max(1);
+    let n = fmt.fit_len(cols);
+    let bb = fmt.block_bytes(cols);
+    out.par_chunks_mut(rb)
+        .zip(w.par_chunks(cols))
+        .for_each(|(o, row)| {
+            for (b, (ob, x)) in o.chunks_mut(bb).zip(row.chunks(n)).enumerate() {
+                fit(x, b * n, ob);
+            }
+        });
+    Ok(out)
+}
+
 /// Round to nearest: each block on its own, by the format's reference
 /// quantizer (byte-for-byte llama.cpp's for ggml types).
 pub struct Rtn;
@@ -82,18 +124,6 @@ impl Method for Rtn {
         fmt: &dyn Format,
         _stats: Option<&InputStats>,
     ) -> Result<Vec<u8>, String> {
-        let total = matrix_bytes(fmt, rows, cols)?;
-        let mut out = vec![0u8; total];
-        let rb = total / rows.max(1);
-        let n = fmt.fit_len(cols);
-        let bb = fmt.block_bytes(cols);
-        out.par_chunks_mut(rb)
-            .zip(w.par_chunks(cols))
-            .for_each(|(o, row)| {
-                for (ob, x) in o.chunks_mut(bb).zip(row.chunks(n)) {
-                    fmt.fit(x, ob);
-                }
-            });
-        Ok(out)
+        quantize_blocks(w, rows, cols, fmt, |x, _, out| fmt.fit(x, out))
     }
 }
