@@ -194,7 +194,10 @@ pub fn rounding_loss(m: &SiteMatrix, s: &[f32], h: &[f32]) -> Result<f64, String
         1.0,
         true,
     );
-    Ok(p.par_chunks(cols)
+    // Rows in parallel, their sum in order: a parallel reduction would make
+    // the loss (and so which α wins a near tie) vary from run to run.
+    let per_row: Vec<f64> = p
+        .par_chunks(cols)
         .zip(ws.par_chunks(cols))
         .map(|(p, d)| {
             p.iter()
@@ -202,7 +205,8 @@ pub fn rounding_loss(m: &SiteMatrix, s: &[f32], h: &[f32]) -> Result<f64, String
                 .map(|(a, b)| *a as f64 * *b as f64)
                 .sum::<f64>()
         })
-        .sum())
+        .collect();
+    Ok(per_row.iter().sum())
 }
 
 /// AWQ: of the scales for each exponent in `alphas`, those with the smallest
