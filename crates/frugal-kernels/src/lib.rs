@@ -6,12 +6,14 @@
 //! activations on all threads. Every SIMD kernel has a scalar reference and is
 //! tested against it.
 
+pub mod activation;
 pub mod floats;
 pub mod frugal;
 pub mod kquants;
 pub mod legacy;
 pub mod matmul;
 pub mod sgemm;
+pub mod team;
 pub mod traits;
 
 pub use traits::{detected_isa, traits, Isa, TypeTraits};

@@ -23,11 +23,10 @@
 //! [`matmul_many`] runs several matrices that read the same activations
 //! (Q/K/V, gate/up) in one parallel region, saving the pool's wake-ups.
 //!
-//! Threads: the pool is rayon's current one (the global pool, or the one a
-//! caller `install`ed). Calling [`matmul`] from a thread outside the pool
-//! costs a hand-off and a wake-up of the caller per call (several µs); a
-//! forward pass that runs inside the pool (`pool.install(|| ...)`, or
-//! `rayon::scope` for the global pool) avoids it.
+//! Threads: as many as rayon's current pool (the global pool, or the one a
+//! caller `install`ed), but the row chunks run on a [`crate::team`] whose
+//! workers spin between calls: a decode step's ~100 matmuls, a few µs apart,
+//! would otherwise wake a sleeping rayon worker each time.
 
 use crate::legacy::packed::PackedActs;
 use crate::traits::{detected_isa, traits, Isa, VecDot};
@@ -318,7 +317,7 @@ pub fn matmul_many(ws: &[&QMatrix], acts: &QuantizedActs, outs: &mut [&mut [f32]
     if total <= 1 || work <= 2 * MIN_TASK_BYTES {
         (0..total).for_each(run);
     } else {
-        (0..total).into_par_iter().for_each(run);
+        crate::team::for_each(total, &run);
     }
 }
 

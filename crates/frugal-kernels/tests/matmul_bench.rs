@@ -138,8 +138,53 @@ fn bench_matvec_and_prefill() {
 #[test]
 #[ignore]
 fn bench_smollm2_matmuls() {
+    model_matmuls(
+        GgmlType::Q4_1,
+        Shape {
+            hidden: 576,
+            ffn: 1536,
+            kv: 192,
+            layers: 30,
+            vocab: 49152,
+        },
+    );
+}
+
+/// The same for Qwen2.5-0.5B as llama-quantize writes it at Q4_0 (~346 MB:
+/// Q4_0 blocks, a Q8_0 output matrix of 151936 rows that is 42 % of the bytes).
+#[test]
+#[ignore]
+fn bench_qwen05_q4_0_matmuls() {
+    model_matmuls(
+        GgmlType::Q4_0,
+        Shape {
+            hidden: 896,
+            ffn: 4864,
+            kv: 128,
+            layers: 24,
+            vocab: 151936,
+        },
+    );
+}
+
+struct Shape {
+    hidden: usize,
+    ffn: usize,
+    kv: usize,
+    layers: usize,
+    vocab: usize,
+}
+
+fn model_matmuls(block_ty: GgmlType, sh: Shape) {
     let mut r = StdRng::seed_from_u64(6);
-    let (hidden, ffn, kv, layers, vocab) = (576usize, 1536usize, 192usize, 30usize, 49152usize);
+    let Shape {
+        hidden,
+        ffn,
+        kv,
+        layers,
+        vocab,
+    } = sh;
+    let block_dot = traits(block_ty).unwrap().vec_dot_type;
     let mut mats: Vec<(GgmlType, usize, usize, Vec<u8>)> = Vec::new();
     for _ in 0..layers {
         for (rows, cols) in [
@@ -151,12 +196,7 @@ fn bench_smollm2_matmuls() {
             (ffn, hidden),
             (hidden, ffn),
         ] {
-            mats.push((
-                GgmlType::Q4_1,
-                rows,
-                cols,
-                matrix(GgmlType::Q4_1, rows, cols, &mut r),
-            ));
+            mats.push((block_ty, rows, cols, matrix(block_ty, rows, cols, &mut r)));
         }
     }
     mats.push((
@@ -166,6 +206,7 @@ fn bench_smollm2_matmuls() {
         matrix(GgmlType::Q8_0, vocab, hidden, &mut r),
     ));
     let bytes: usize = mats.iter().map(|m| m.3.len()).sum();
+    let out_bytes = mats.last().unwrap().3.len();
     println!("{} matrices, {:.1} MB", mats.len(), bytes as f64 / 1e6);
     for threads in [1, 2] {
         let p = pool(threads);
@@ -175,22 +216,55 @@ fn bench_smollm2_matmuls() {
             let mut a_f1 = QuantizedActs::new();
             let mut a_h0 = QuantizedActs::new();
             let mut out = vec![0.0f32; n_tok * vocab];
-            let mut pass = || {
-                // As a forward pass: quantize each input once, reuse it.
-                a_h1.quantize(GgmlType::Q8_1, &xh[..n_tok * hidden], n_tok, hidden);
-                a_f1.quantize(GgmlType::Q8_1, &xh[..n_tok * ffn], n_tok, ffn);
+            if n_tok == 1 {
+                // Time by shape, over many passes (each matrix cold, as in the pass).
+                let mut by_shape =
+                    std::collections::BTreeMap::<(usize, usize), (f64, usize)>::new();
+                p.install(|| {
+                    for _ in 0..20 {
+                        a_h1.quantize(block_dot, &xh[..hidden], 1, hidden);
+                        a_f1.quantize(block_dot, &xh[..ffn], 1, ffn);
+                        for (ty, rows, cols, data) in &mats {
+                            let w = QMatrix::new(*ty, *rows, *cols, data);
+                            let acts = if *cols == ffn { &a_f1 } else { &a_h1 };
+                            if acts.dot_type() != traits(*ty).unwrap().vec_dot_type {
+                                continue;
+                            }
+                            let t = Instant::now();
+                            matmul(&w, acts, &mut out[..*rows]);
+                            let e = by_shape.entry((*rows, *cols)).or_default();
+                            e.0 += t.elapsed().as_secs_f64();
+                            e.1 += data.len();
+                        }
+                    }
+                });
+                for ((rows, cols), (s, b)) in by_shape {
+                    println!(
+                        "{threads}T   {rows}x{cols}: {:8.2} ms per pass  {:6.1} GB/s",
+                        s * 1e3 / 20.0,
+                        b as f64 / s / 1e9
+                    );
+                }
+            }
+            // As a forward pass: quantize each input once, reuse it. The
+            // output matrix alone is timed too (`only_output`).
+            let mut pass = |only_output: bool| {
+                a_h1.quantize(block_dot, &xh[..n_tok * hidden], n_tok, hidden);
+                a_f1.quantize(block_dot, &xh[..n_tok * ffn], n_tok, ffn);
                 a_h0.quantize(GgmlType::Q8_0, &xh[..n_tok * hidden], n_tok, hidden);
-                for (ty, rows, cols, data) in &mats {
+                let skip = if only_output { mats.len() - 1 } else { 0 };
+                for (ty, rows, cols, data) in &mats[skip..] {
                     let w = QMatrix::new(*ty, *rows, *cols, data);
                     let acts = match (*ty, *cols) {
-                        (GgmlType::Q8_0, _) => &a_h0,
+                        (t, _) if t == GgmlType::Q8_0 && t != block_ty => &a_h0,
                         (_, c) if c == ffn => &a_f1,
                         _ => &a_h1,
                     };
                     matmul(&w, acts, &mut out[..n_tok * rows]);
                 }
             };
-            let (s, c) = p.install(|| time2(if n_tok == 1 { 10 } else { 1 }, threads, &mut pass));
+            let iters = if n_tok == 1 { 10 } else { 1 };
+            let (s, c) = p.install(|| time2(iters, threads, || pass(false)));
             let flop = 2.0 * n_tok as f64 * mats.iter().map(|m| (m.1 * m.2) as f64).sum::<f64>();
             println!(
                 "{threads}T n_tok={n_tok}: {:8.2} ms/pass  {:7.1} tokens/s  {:6.1} GB/s  {:6.1} GFLOP/s  (cpu time: {:8.2} ms, {:7.1} tokens/s)",
@@ -201,6 +275,14 @@ fn bench_smollm2_matmuls() {
                 c * 1e3,
                 n_tok as f64 / c
             );
+            if n_tok == 1 {
+                let (s, _) = p.install(|| time2(iters, threads, || pass(true)));
+                println!(
+                    "{threads}T output matrix alone: {:8.2} ms  {:6.1} GB/s",
+                    s * 1e3,
+                    out_bytes as f64 / s / 1e9
+                );
+            }
         }
     }
 }

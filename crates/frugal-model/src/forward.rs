@@ -11,7 +11,6 @@ use crate::weights::{qmatrix, Weights};
 use crate::{KvCache, KvType, ModelConfig, ModelError, RopeStyle};
 use frugal_formats::{GgmlType, ModelSource, Tensor};
 use frugal_kernels::matmul::{matmul, matmul_many, QMatrix, QuantizedActs};
-use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Which positions of a batch get logits.
@@ -501,8 +500,8 @@ pub(crate) fn attention(
     };
     // Parallel only when there is enough work to pay for the hand-off.
     let work = n * n_head * (pos0 + n) * hd;
-    if work >= 1 << 16 {
-        out.par_chunks_mut(hd).enumerate().for_each(one);
+    if work >= 1 << 14 {
+        frugal_kernels::team::for_each_chunk_mut(out, hd, &|i, o| one((i, o)));
     } else {
         out.chunks_mut(hd).enumerate().for_each(one);
     }
@@ -536,23 +535,12 @@ fn add_assign(x: &mut [f32], y: &[f32]) {
 
 /// gate ← silu(gate) · up
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
+    frugal_kernels::activation::silu_mul(gate, up);
 }
 
 /// In-place softmax.
 pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
+    frugal_kernels::activation::softmax(x);
 }
 
 fn axpy(o: &mut [f32], w: f32, v: &[f32]) {
