@@ -26,13 +26,16 @@ pub const SPIN: Duration = Duration::from_micros(300);
 
 type Task<'a> = &'a (dyn Fn(usize) + Sync);
 
+/// Bits of the claim word that hold the task index.
+const INDEX_BITS: u32 = 24;
 /// The claim index of a finished job: above any task count.
-const CLOSED: u64 = 0xffff_ffff;
+const CLOSED: u64 = (1 << INDEX_BITS) - 1;
 
 /// State shared by the caller of [`Team::run`] and the workers.
 struct Shared {
-    /// The current job: generation in the high 32 bits, the next unclaimed
-    /// task index in the low 32 ([`CLOSED`] once the job is over). Claiming
+    /// The current job: generation in the high 40 bits (so it never wraps
+    /// around under a stalled worker), the next unclaimed task index in the
+    /// low 24 ([`CLOSED`] once the job is over). Claiming
     /// a task is one compare-exchange on the whole word, so a worker late
     /// from one job can never claim a task of the next one: the job's end
     /// and the next one's start both change the word under it.
@@ -53,18 +56,18 @@ struct Shared {
 }
 
 impl Shared {
-    fn generation(&self) -> u32 {
-        (self.claim.load(SeqCst) >> 32) as u32
+    fn generation(&self) -> u64 {
+        self.claim.load(SeqCst) >> INDEX_BITS
     }
 
     /// Claims and runs tasks of generation `gen` until none are left.
-    fn work(&self, gen: u32) {
+    fn work(&self, gen: u64) {
         let mut cur = self.claim.load(Acquire);
         loop {
-            if (cur >> 32) as u32 != gen {
+            if cur >> INDEX_BITS != gen {
                 return;
             }
-            let i = (cur & 0xffff_ffff) as usize;
+            let i = (cur & CLOSED) as usize;
             if i >= self.n_tasks.load(Acquire) {
                 return;
             }
@@ -83,7 +86,15 @@ impl Shared {
                     // is counted in `finished` below.
                     let f: Task<'_> = unsafe { *self.task.load(Acquire) };
                     if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(i))) {
-                        self.panic.lock().unwrap().get_or_insert(p);
+                        let mut slot = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+                        if slot.is_none() {
+                            *slot = Some(p);
+                        } else {
+                            // Only the first panic is kept; drop the others
+                            // outside the lock (a payload's drop may panic).
+                            drop(slot);
+                            let _ = catch_unwind(AssertUnwindSafe(move || drop(p)));
+                        }
                     }
                     self.finished.fetch_add(1, Release);
                     cur = self.claim.load(Acquire);
@@ -139,13 +150,14 @@ impl Team {
 
     /// Runs `f(i)` for every `i < n`, each exactly once, on the team (or on
     /// this thread alone when the team is busy), and returns when all have
-    /// finished. A panic in a task is resumed here once all tasks are done.
+    /// finished. On the team, a panic in a task is resumed here once all
+    /// tasks are done; on this thread alone, it ends the loop at once.
     pub fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        assert!((n as u64) < CLOSED, "team: {n} tasks is too many");
         let guard = match self.busy.try_lock() {
             Ok(g) if n > 1 && !self.threads.is_empty() => g,
             _ => return (0..n).for_each(f),
         };
-        assert!((n as u64) < CLOSED, "team: too many tasks");
         let s = &*self.shared;
         // SAFETY (lifetime erasure): workers dereference this pointer only
         // for a task they claimed in this job's generation, and this function
@@ -157,8 +169,8 @@ impl Team {
             .store(&fref as *const Task<'static> as *mut _, Release);
         s.n_tasks.store(n, Release);
         s.finished.store(0, Release);
-        let gen = s.generation().wrapping_add(1);
-        s.claim.store((gen as u64) << 32, SeqCst);
+        let gen = (s.generation() + 1) & (u64::MAX >> INDEX_BITS);
+        s.claim.store(gen << INDEX_BITS, SeqCst);
         if s.sleepers.load(SeqCst) > 0 {
             let _l = s.lock.lock().unwrap();
             s.wake.notify_all();
@@ -170,9 +182,9 @@ impl Team {
         // Close the job before the next one changes the task count or the
         // closure: a worker still holding this job's last claim word then
         // fails its compare-exchange instead of taking a task of the next.
-        s.claim.store(((gen as u64) << 32) | CLOSED, SeqCst);
+        s.claim.store((gen << INDEX_BITS) | CLOSED, SeqCst);
         s.task.store(std::ptr::null_mut(), Release);
-        let panic = s.panic.lock().unwrap().take();
+        let panic = s.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(guard);
         if let Some(p) = panic {
             resume_unwind(p);
@@ -194,7 +206,7 @@ impl Drop for Team {
 }
 
 fn worker(s: &Shared) {
-    let mut seen = 0u32;
+    let mut seen = 0u64;
     loop {
         // Spin for a new generation, then park.
         let start = Instant::now();
@@ -262,7 +274,7 @@ pub fn for_each_chunk_mut<T: Send>(
     let base = SendPtr(data.as_mut_ptr());
     for_each(len.div_ceil(size), &|i| {
         let start = i * size;
-        let end = (start + size).min(len);
+        let end = start + size.min(len - start);
         // SAFETY: `for_each` runs each index exactly once, so the ranges
         // start..end handed out are disjoint and inside `data`, which stays
         // borrowed mutably (by this call) until every task has finished.
