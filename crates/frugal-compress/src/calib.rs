@@ -75,6 +75,7 @@ impl Calibration {
 }
 
 /// The matrices of one block, in f32 (row-major, rows × cols).
+#[derive(Default)]
 pub struct LayerF32 {
     pub wq: Vec<f32>,
     pub wk: Vec<f32>,

@@ -14,7 +14,7 @@
 
 use super::format::TypeFormat;
 use super::method::{InputStats, Method, Rtn};
-use super::pipeline::{fit_type, matrices, Progress};
+use super::pipeline::{fit_type, matrices, slot, slot_ref, Progress};
 use crate::calib::{Calibration, LayerF32, LayerPass, Site};
 use frugal_formats::{GgmlType, ModelSource};
 use frugal_model::{tensor_to_f32, Model};
@@ -69,13 +69,13 @@ pub fn measure(
     progress(0, n_layer, "sensitivity");
     for li in 0..n_layer {
         let mats = matrices(li);
-        let mut ws = Vec::with_capacity(7);
+        let mut w = LayerF32::default();
         let mut dims = Vec::with_capacity(7);
-        for (name, _) in &mats {
+        for (k, (name, _)) in mats.iter().enumerate() {
             let t = src
                 .tensor(name)
                 .ok_or_else(|| format!("the model has no tensor `{name}`"))?;
-            ws.push(tensor_to_f32(t).map_err(|e| e.to_string())?);
+            *slot(&mut w, k) = tensor_to_f32(t).map_err(|e| e.to_string())?;
             dims.push(t.dims.clone());
             t.release_pages();
         }
@@ -83,8 +83,7 @@ pub fn measure(
         let signal = hidden.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()
             / (hidden.len().max(1) as f64);
         let signal = if signal > 0.0 { signal } else { 1.0 };
-        let mut w = layer_f32(&ws);
-        let mut step = |site: Site, st: &InputStats, _: &mut LayerF32| -> Result<(), String> {
+        let mut step = |site: Site, st: &InputStats, w: &mut LayerF32| -> Result<(), String> {
             let n = st.cols;
             let h: Vec<f64> = (0..n)
                 .map(|j| st.xtx[j * n + j] as f64 / st.tokens.max(1) as f64)
@@ -107,12 +106,12 @@ pub fn measure(
                         continue;
                     }
                     let bytes = Rtn
-                        .quantize(&ws[k], rows, cols, &fmt, None)
+                        .quantize(slot_ref(w, k), rows, cols, &fmt, None)
                         .map_err(|e| format!("{name}: {e}"))?;
                     let mut back = vec![0.0f32; rows * cols];
                     frugal_kernels::dequantize_rows(ty, &bytes, &mut back, cols)
                         .map_err(|e| format!("{name}: {e}"))?;
-                    let err = weighted_error(&ws[k], &back, &h, cols) / signal;
+                    let err = weighted_error(slot_ref(w, k), &back, &h, cols) / signal;
                     options.push((ty, bytes.len(), err));
                 }
                 if options.is_empty() {
@@ -131,18 +130,6 @@ pub fn measure(
         progress(li + 1, n_layer, "sensitivity");
     }
     Ok(out)
-}
-
-fn layer_f32(ws: &[Vec<f32>]) -> LayerF32 {
-    LayerF32 {
-        wq: ws[0].clone(),
-        wk: ws[1].clone(),
-        wv: ws[2].clone(),
-        wo: ws[3].clone(),
-        w_gate: ws[4].clone(),
-        w_up: ws[5].clone(),
-        w_down: ws[6].clone(),
-    }
 }
 
 /// The options of one matrix on the lower convex hull of (bytes, error):

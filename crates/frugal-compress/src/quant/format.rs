@@ -241,11 +241,12 @@ impl Format for TypeFormat {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    fn all_formats() -> Vec<TypeFormat> {
+    /// Every format with a block quantizer (all but frugal's activation type).
+    pub(crate) fn all_formats() -> Vec<TypeFormat> {
         use GgmlType::*;
         let mut v: Vec<GgmlType> = vec![Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K];
         v.extend(

@@ -543,23 +543,10 @@ impl Method for Imatrix {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::format::tests::all_formats;
     use crate::quant::TypeFormat;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
-
-    fn all_formats() -> Vec<TypeFormat> {
-        use GgmlType::*;
-        let mut v: Vec<GgmlType> = vec![Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K];
-        v.extend(
-            FrugalType::all()
-                .iter()
-                .filter(|t| !matches!(t, FrugalType::I8Tok))
-                .map(|&t| Frugal(t)),
-        );
-        v.into_iter()
-            .filter_map(|t| TypeFormat::new(t).ok())
-            .collect()
-    }
 
     /// Quantizes one block `(x, w) -> bytes`.
     type BlockQuantizer<'a> = dyn Fn(&[f32], &[f32], &mut [u8]) + 'a;

@@ -100,7 +100,7 @@ pub(crate) fn matrices(li: usize) -> [(String, Site); 7] {
     ]
 }
 
-fn slot(w: &mut LayerF32, k: usize) -> &mut Vec<f32> {
+pub(crate) fn slot(w: &mut LayerF32, k: usize) -> &mut Vec<f32> {
     match k {
         0 => &mut w.wq,
         1 => &mut w.wk,
@@ -213,15 +213,7 @@ pub fn quantize_model(
     let mut summary = ScaleSummary::default();
     for li in 0..n_layer {
         let mats = matrices(li);
-        let mut w = LayerF32 {
-            wq: Vec::new(),
-            wk: Vec::new(),
-            wv: Vec::new(),
-            wo: Vec::new(),
-            w_gate: Vec::new(),
-            w_up: Vec::new(),
-            w_down: Vec::new(),
-        };
+        let mut w = LayerF32::default();
         for (k, (name, _)) in mats.iter().enumerate() {
             *slot(&mut w, k) = to_f32(tensor(src, name)?)?;
         }
@@ -352,7 +344,7 @@ fn choose_scales(
     scales::choose(&opts.scaling, st, &sm)
 }
 
-fn slot_ref(w: &LayerF32, k: usize) -> &[f32] {
+pub(crate) fn slot_ref(w: &LayerF32, k: usize) -> &[f32] {
     match k {
         0 => &w.wq,
         1 => &w.wk,
