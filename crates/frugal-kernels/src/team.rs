@@ -53,6 +53,8 @@ struct Shared {
     lock: Mutex<()>,
     wake: Condvar,
     shutdown: AtomicBool,
+    /// Workers that have started running [`worker`].
+    started: AtomicUsize,
 }
 
 impl Shared {
@@ -126,6 +128,7 @@ impl Team {
             lock: Mutex::new(()),
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
+            started: AtomicUsize::new(0),
         });
         let threads = (1..size.max(1))
             .map(|k| {
@@ -135,7 +138,13 @@ impl Team {
                     .spawn(move || worker(&s))
                     .expect("spawning a team worker")
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // Wait until every worker is up: a starting thread allocates (its
+        // thread-locals, for one), and that should happen here, not at some
+        // later moment in the middle of a decode step.
+        while shared.started.load(Acquire) < threads.len() {
+            std::thread::yield_now();
+        }
         Team {
             shared,
             busy: Mutex::new(()),
@@ -206,6 +215,7 @@ impl Drop for Team {
 }
 
 fn worker(s: &Shared) {
+    s.started.fetch_add(1, Release);
     let mut seen = 0u64;
     loop {
         // Spin for a new generation, then park.
