@@ -159,6 +159,44 @@ fn budget_bpw_mixes_types_within_the_budget_and_beats_one_type() {
     );
 }
 
+/// `--budget-types` is the whole ladder: nothing else appears, frugal's own
+/// types included.
+#[test]
+fn budget_types_are_the_only_candidates() {
+    let dir = tempfile::tempdir().unwrap();
+    let f32_path = smollm2_f32(dir.path());
+    let calib = common::shared().join("data/wikitext-2/valid.txt");
+    let out = dir.path().join("mixed.gguf");
+    ok(&[
+        "quantize",
+        "-q",
+        "-m",
+        f32_path.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--budget-bpw",
+        "5",
+        "--budget-types",
+        "Q4_0,FQ6a_g64",
+        "--calib",
+        calib.to_str().unwrap(),
+        "--calib-tokens",
+        "512",
+    ]);
+    let (q, _) = load_source(&out).unwrap();
+    let types: std::collections::BTreeSet<_> = q
+        .tensors
+        .iter()
+        .filter(|t| t.name.starts_with("blk.") && t.dims.len() == 2)
+        .map(|t| t.ty.name())
+        .collect();
+    assert_eq!(
+        types,
+        ["FQ6a_g64", "Q4_0"].into_iter().collect(),
+        "block matrix types"
+    );
+}
+
 #[test]
 fn bad_input_gets_a_clear_error_and_no_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -216,6 +254,43 @@ fn bad_input_gets_a_clear_error_and_no_file() {
             "64",
         ],
         "the smallest candidate types already need",
+    );
+    let c = calib.to_str().unwrap();
+    fails(
+        &[
+            "quantize",
+            "-m",
+            m,
+            "-o",
+            o,
+            "--budget-bpw",
+            "4",
+            "--budget-types",
+            "Q4_0,F16",
+            "--calib",
+            c,
+        ],
+        "--budget-types: F16 is not a quantized type",
+    );
+    fails(
+        &[
+            "quantize",
+            "-m",
+            m,
+            "-o",
+            o,
+            "--budget-bpw",
+            "4",
+            "--budget-types",
+            "Q4_0,Q7_7",
+            "--calib",
+            c,
+        ],
+        "unknown type `Q7_7`",
+    );
+    fails(
+        &["quantize", "-m", m, "-o", o, "--budget-types", "Q4_0"],
+        "--budget-bpw",
     );
     let short = dir.path().join("short.txt");
     std::fs::write(&short, "Only a few words of calibration text.").unwrap();

@@ -83,13 +83,24 @@ pub struct Args {
     /// Type of the token embedding when untied. Default: the block type.
     #[arg(long)]
     pub embd_type: Option<String>,
-    /// Mixed precision: give each block matrix its own type (Q2_K to Q8_0,
-    /// llama.cpp's fallbacks applied) so the whole stays within this many bits
+    /// Mixed precision: give each block matrix its own type (of
+    /// --budget-types, llama.cpp's fallbacks applied) so the whole stays within this many bits
     /// per weight, spending bits where a one-pass sensitivity measurement on
     /// the calibration text says they cut the most output error. Needs --calib;
     /// --type is then optional (it only sets the default output type).
     #[arg(long, value_name = "BPW")]
     pub budget_bpw: Option<f64>,
+    /// With --budget-bpw: the candidate types, comma-separated. Default:
+    /// Q2_K,Q3_K,Q4_0,Q4_K,Q4_1,Q5_0,Q5_K,Q5_1,Q6_K,Q8_0 (all of them load in
+    /// llama.cpp). frugal's own types (FQ4a_g128, ...) may be listed too; the
+    /// file then needs frugal to run.
+    #[arg(
+        long,
+        value_name = "TYPES",
+        value_delimiter = ',',
+        requires = "budget_bpw"
+    )]
+    pub budget_types: Vec<String>,
     /// Calibration text file (for imatrix, gptq, awq, awq-gptq and smoothquant).
     #[arg(long)]
     pub calib: Option<PathBuf>,
@@ -261,6 +272,22 @@ pub fn run(a: Args) -> Result<()> {
         Some(t) => parse_type(t)?,
         None => ty,
     };
+    let candidates = match a.budget_types.as_slice() {
+        [] => budget::GGML_LADDER.to_vec(),
+        names => {
+            let mut v = Vec::with_capacity(names.len());
+            for n in names {
+                let t = parse_type(n.trim()).with_context(|| format!("--budget-types: `{n}`"))?;
+                if matches!(t, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+                    bail!("--budget-types: {t} is not a quantized type");
+                }
+                if !v.contains(&t) {
+                    v.push(t);
+                }
+            }
+            v
+        }
+    };
     if let Some(b) = a.budget_bpw {
         if !(b.is_finite() && b > 0.0) {
             bail!("--budget-bpw {b}: give a positive number of bits per weight, e.g. 4.5");
@@ -312,7 +339,7 @@ pub fn run(a: Args) -> Result<()> {
             a.quiet,
             "measuring sensitivity",
         );
-        let sens = budget::measure(&src, &model, c, &budget::GGML_LADDER, &mut |done, _, _| {
+        let sens = budget::measure(&src, &model, c, &candidates, &mut |done, _, _| {
             pb.set_position(done as u64)
         })
         .map_err(|e| anyhow!(e))?;

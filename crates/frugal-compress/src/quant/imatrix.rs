@@ -27,10 +27,14 @@
 //!
 //! Every block is also quantized by the format's reference quantizer, and
 //! the one with the lower weighted error is kept: the result is never worse
-//! than RTN under the weights it was given.
+//! than RTN under the weights it was given. But the diagonal is not the
+//! whole story: on Qwen2.5 the weighted fit lost to plain rounding overall.
+//! So [`Imatrix`] finally compares each row with its plain rounding under
+//! the full `XᵀX` and keeps the one with the smaller output error.
 
 use super::format::{nearest_code, Format};
-use super::method::{quantize_blocks, require_stats, InputStats, Method};
+use super::method::{quantize_blocks, require_stats, InputStats, Method, Rtn};
+use super::scales::row_errors;
 use frugal_formats::{FrugalType, GgmlType, QK_K};
 use frugal_kernels::frugal::affine_encode_row;
 use frugal_kernels::kquants::blocks::{
@@ -533,11 +537,56 @@ impl Method for Imatrix {
         fmt: &dyn Format,
         stats: Option<&InputStats>,
     ) -> Result<Vec<u8>, String> {
-        let imp = channel_importance(require_stats(stats, cols, "imatrix")?);
-        quantize_blocks(w, rows, cols, fmt, |x, col, out| {
+        let st = require_stats(stats, cols, "imatrix")?;
+        let imp = channel_importance(st);
+        let mut q = quantize_blocks(w, rows, cols, fmt, |x, col, out| {
             fit_weighted(fmt, x, &imp[col..col + x.len()], out)
-        })
+        })?;
+        if st.tokens > 0 && rows > 0 {
+            keep_better_rows(
+                &mut q,
+                &Rtn.quantize(w, rows, cols, fmt, None)?,
+                w,
+                rows,
+                fmt,
+                st,
+            )?;
+        }
+        Ok(q)
     }
+}
+
+/// Replaces each row of `q` by the same row of `other` where that has the
+/// smaller output error under the whole calibration matrix `XᵀX` (the
+/// diagonal that steered the search ignores how input channels move
+/// together). Rows are independent terms of tr(ΔW·XᵀX·ΔWᵀ), so the result's
+/// error is at most that of either input, row by row.
+fn keep_better_rows(
+    q: &mut [u8],
+    other: &[u8],
+    w: &[f32],
+    rows: usize,
+    fmt: &dyn Format,
+    st: &InputStats,
+) -> Result<(), String> {
+    let cols = st.cols;
+    let errors = |bytes: &[u8]| -> Result<Vec<f64>, String> {
+        let mut d = vec![0.0f32; rows * cols];
+        frugal_kernels::dequantize_rows(fmt.ty(), bytes, &mut d, cols)
+            .map_err(|e| e.to_string())?;
+        for (d, w) in d.iter_mut().zip(w) {
+            *d -= w;
+        }
+        Ok(row_errors(&d, rows, &st.xtx))
+    };
+    let (mine, theirs) = (errors(q)?, errors(other)?);
+    let rb = q.len() / rows;
+    for (r, (a, b)) in mine.iter().zip(&theirs).enumerate() {
+        if b < a {
+            q[r * rb..][..rb].copy_from_slice(&other[r * rb..][..rb]);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -684,5 +733,65 @@ mod tests {
             );
             assert!(e_imx < 0.35 * e_fit, "{}: {e_imx} vs {e_fit}", f.ty());
         }
+    }
+
+    /// Inputs that move together (one shared factor on top of small noise):
+    /// the diagonal of XᵀX then misjudges which errors cancel, and the
+    /// weighted fit alone loses to plain rounding on some rows. The method
+    /// must keep, row by row, the one with the smaller error under the full
+    /// XᵀX; this fails if the check is skipped or keeps the wrong row.
+    #[test]
+    fn each_row_keeps_the_smaller_full_hessian_error() {
+        let mut rng = StdRng::seed_from_u64(14);
+        let (rows, cols, tokens) = (64usize, 256usize, 512usize);
+        let u: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let mut st = InputStats::new(cols);
+        for _ in 0..tokens {
+            let g: f32 = rng.gen_range(-3.0f32..3.0);
+            let a: Vec<f32> = u
+                .iter()
+                .map(|&u| g * u + 0.05 * rng.gen_range(-1.0f32..1.0))
+                .collect();
+            for i in 0..cols {
+                for j in 0..cols {
+                    st.xtx[i * cols + j] += a[i] * a[j];
+                }
+            }
+        }
+        st.tokens = tokens;
+        let w = values(&mut rng, rows * cols);
+        let (mut wins, mut losses) = (0, 0);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4K, GgmlType::Q3K] {
+            let f = TypeFormat::new(ty).unwrap();
+            let errors = |bytes: &[u8]| {
+                let mut d = vec![0.0f32; rows * cols];
+                frugal_kernels::dequantize_rows(ty, bytes, &mut d, cols).unwrap();
+                for (d, w) in d.iter_mut().zip(&w) {
+                    *d -= w;
+                }
+                row_errors(&d, rows, &st.xtx)
+            };
+            let imp = channel_importance(&st);
+            let only_weighted = quantize_blocks(&w, rows, cols, &f, |x, col, out| {
+                fit_weighted(&f, x, &imp[col..col + x.len()], out)
+            })
+            .unwrap();
+            let plain = Rtn.quantize(&w, rows, cols, &f, None).unwrap();
+            let got = Imatrix.quantize(&w, rows, cols, &f, Some(&st)).unwrap();
+            let (ew, ep, eg) = (errors(&only_weighted), errors(&plain), errors(&got));
+            for r in 0..rows {
+                assert_eq!(eg[r], ew[r].min(ep[r]), "{ty} row {r}");
+                if ew[r] < ep[r] {
+                    wins += 1;
+                } else if ep[r] < ew[r] {
+                    losses += 1;
+                }
+            }
+        }
+        // Both kinds of row occur, so the choice was really exercised.
+        assert!(
+            wins > 0 && losses > 0,
+            "weighted fit won {wins}, lost {losses}"
+        );
     }
 }

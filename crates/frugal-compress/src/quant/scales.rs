@@ -184,29 +184,38 @@ pub fn rounding_loss(m: &SiteMatrix, s: &[f32], h: &[f32]) -> Result<f64, String
                 *d = *d * i - w;
             }
         });
-    let mut p = vec![0.0f32; m.rows * cols];
+    Ok(row_errors(&ws, m.rows, h).iter().sum())
+}
+
+/// Each row's dᵀ·H·d for the rows `d` of `diff` (`rows × cols`, `h` is
+/// `cols × cols`): a weight row's output error under the input statistics
+/// `h`, when `d` is its rounding error.
+pub fn row_errors(diff: &[f32], rows: usize, h: &[f32]) -> Vec<f64> {
+    let cols = diff.len().checked_div(rows).unwrap_or(0);
+    if cols == 0 {
+        return vec![0.0; rows];
+    }
+    let mut p = vec![0.0f32; rows * cols];
     sgemm(
         &mut p,
         cols,
         false,
-        View::rows(&ws, m.rows, cols),
+        View::rows(diff, rows, cols),
         View::rows(h, cols, cols),
         1.0,
         true,
     );
-    // Rows in parallel, their sum in order: a parallel reduction would make
-    // the loss (and so which α wins a near tie) vary from run to run.
-    let per_row: Vec<f64> = p
-        .par_chunks(cols)
-        .zip(ws.par_chunks(cols))
+    // Each row summed in order, so the result is the same from run to run
+    // (AWQ picks between near ties on these).
+    p.par_chunks(cols)
+        .zip(diff.par_chunks(cols))
         .map(|(p, d)| {
             p.iter()
                 .zip(d)
                 .map(|(a, b)| *a as f64 * *b as f64)
                 .sum::<f64>()
         })
-        .collect();
-    Ok(per_row.iter().sum())
+        .collect()
 }
 
 /// AWQ: of the scales for each exponent in `alphas`, those with the smallest
