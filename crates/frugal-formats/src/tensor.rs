@@ -1,7 +1,8 @@
 //! A tensor as the model sees it: a name, a GGML type, a shape and its bytes.
 //!
-//! The bytes are either borrowed from a memory-mapped file (GGUF, safetensors,
-//! llama2.c: weights are never copied) or owned (converted on load).
+//! The bytes are borrowed from a memory-mapped file (GGUF, safetensors,
+//! llama2.c: weights are never copied), from a whole file read into memory
+//! once (GGUF for inference: huge pages), or owned (converted on load).
 
 use crate::GgmlType;
 use std::ops::Range;
@@ -10,8 +11,12 @@ use std::sync::Arc;
 /// Backing storage for tensor bytes.
 #[derive(Clone)]
 pub enum TensorData {
-    /// A byte range inside a shared memory map.
+    /// A byte range inside a shared memory map of the file.
     Mapped(Arc<memmap2::Mmap>, Range<usize>),
+    /// A byte range inside an anonymous map the whole file was read into
+    /// (see `GgufFile::read_into_memory`). Not backed by the file: its
+    /// pages are never released.
+    Resident(Arc<memmap2::Mmap>, Range<usize>),
     /// Bytes owned in memory (converted or generated data).
     Owned(Arc<Vec<u8>>),
 }
@@ -19,7 +24,7 @@ pub enum TensorData {
 impl TensorData {
     pub fn bytes(&self) -> &[u8] {
         match self {
-            TensorData::Mapped(m, r) => &m[r.clone()],
+            TensorData::Mapped(m, r) | TensorData::Resident(m, r) => &m[r.clone()],
             TensorData::Owned(v) => v,
         }
     }
@@ -29,6 +34,7 @@ impl std::fmt::Debug for TensorData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TensorData::Mapped(_, r) => write!(f, "Mapped({r:?})"),
+            TensorData::Resident(_, r) => write!(f, "Resident({r:?})"),
             TensorData::Owned(v) => write!(f, "Owned({} bytes)", v.len()),
         }
     }
@@ -48,7 +54,8 @@ impl Tensor {
     /// Says these bytes will not be read again soon: a memory-mapped tensor's
     /// pages leave the process's resident memory (and are read back from the
     /// file if touched again), which keeps a layer-by-layer pass over a big
-    /// model from holding all of it. Owned tensors are unchanged.
+    /// model from holding all of it. Owned and resident tensors are
+    /// unchanged (their pages have no file behind them).
     pub fn release_pages(&self) {
         #[cfg(unix)]
         if let TensorData::Mapped(m, r) = &self.data {

@@ -89,6 +89,33 @@ fn build(alignment: Option<u32>) -> (Vec<u8>, Vec<(Spec, Vec<u8>)>) {
     (w.to_bytes().unwrap(), tensors)
 }
 
+/// Reading a file into memory gives the same tensors as mapping it, and
+/// releasing a resident tensor's pages (as a layer-by-layer pass does)
+/// cannot wipe it: those pages have no file to be read back from.
+#[test]
+fn read_into_memory_matches_the_mapping_and_keeps_its_pages() {
+    let (bytes, tensors) = build(Some(64));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    std::fs::write(&path, &bytes).unwrap();
+    let (mapped, resident) = (
+        GgufFile::open(&path).unwrap(),
+        GgufFile::read_into_memory(&path).unwrap(),
+    );
+    assert_eq!(resident.metadata, mapped.metadata);
+    for ((name, _, _), data) in &tensors {
+        let t = resident.tensor(name).unwrap();
+        assert!(matches!(t.data, frugal_formats::TensorData::Resident(..)));
+        t.release_pages();
+        assert_eq!(t.bytes(), &data[..], "{name}");
+        assert_eq!(t.bytes(), mapped.tensor(name).unwrap().bytes());
+    }
+    // A truncated file is an error here too, not a panic.
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = GgufFile::read_into_memory(&path).unwrap_err().to_string();
+    assert!(err.contains("m.gguf"), "{err}");
+}
+
 #[test]
 fn round_trip_every_type_through_a_file() {
     for alignment in [None, Some(1), Some(64), Some(4096)] {

@@ -17,7 +17,7 @@ mod weights;
 pub use config::{Arch, ModelConfig, RopeStyle};
 pub use forward::{rms_norm, softmax, swiglu, Logits, Model, State};
 pub use kv::{KvCache, KvType};
-pub use load::{load, LoadedModel};
+pub use load::{load, load_with, LoadedModel, Residency};
 pub use sampling::{Sampler, SamplerConfig};
 pub use weights::{qmatrix, tensor_to_f32, Layer, Weights};
 

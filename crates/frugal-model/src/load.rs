@@ -59,10 +59,33 @@ pub fn detect_format(path: &Path) -> Result<ModelFormat, ModelError> {
     )))
 }
 
+/// How a GGUF file's weights reach memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Residency {
+    /// Memory-mapped from the file: pages come in as they are first read,
+    /// and can be released again (what a layer-by-layer pass wants).
+    #[default]
+    Mapped,
+    /// Read once into anonymous memory with huge pages (faster decoding;
+    /// see `GgufFile::read_into_memory`). Other layouts stay mapped.
+    InMemory,
+}
+
 /// Read the tensors and metadata of a model file without building the model.
 pub fn load_source(path: &Path) -> Result<(ModelSource, ModelFormat), ModelError> {
+    load_source_with(path, Residency::Mapped)
+}
+
+/// [`load_source`], choosing how a GGUF file's weights reach memory.
+pub fn load_source_with(
+    path: &Path,
+    residency: Residency,
+) -> Result<(ModelSource, ModelFormat), ModelError> {
     let format = detect_format(path)?;
     let src = match format {
+        ModelFormat::Gguf if residency == Residency::InMemory => {
+            GgufFile::read_into_memory(path)?.into_source()
+        }
         ModelFormat::Gguf => GgufFile::open(path)?.into_source(),
         ModelFormat::HuggingFace => hf::read_hf_dir(path)?,
         ModelFormat::Llama2c => llama2c::read_checkpoint(path)?,
@@ -104,9 +127,18 @@ pub fn load_tokenizer(
     ))
 }
 
-/// Open a model and its tokenizer.
+/// Open a model and its tokenizer, its weights memory-mapped.
 pub fn load(path: &Path, tokenizer: Option<&Path>) -> Result<LoadedModel, ModelError> {
-    let (mut source, format) = load_source(path)?;
+    load_with(path, tokenizer, Residency::Mapped)
+}
+
+/// [`load`], choosing how a GGUF file's weights reach memory.
+pub fn load_with(
+    path: &Path,
+    tokenizer: Option<&Path>,
+    residency: Residency,
+) -> Result<LoadedModel, ModelError> {
+    let (mut source, format) = load_source_with(path, residency)?;
     let model = Model::from_source(&source)?;
     let tokenizer = load_tokenizer(&source, model.config.n_vocab, tokenizer)?;
     // The tokenizer now holds the vocabulary; drop the metadata's copy (tens
