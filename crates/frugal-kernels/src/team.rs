@@ -63,15 +63,17 @@ impl Shared {
     }
 
     /// Claims and runs tasks of generation `gen` until none are left.
-    fn work(&self, gen: u64) {
+    /// Runs tasks of generation `gen` until none is left; returns how many.
+    fn work(&self, gen: u64) -> usize {
+        let mut ran = 0;
         let mut cur = self.claim.load(Acquire);
         loop {
             if cur >> INDEX_BITS != gen {
-                return;
+                return ran;
             }
             let i = (cur & CLOSED) as usize;
             if i >= self.n_tasks.load(Acquire) {
-                return;
+                return ran;
             }
             match self
                 .claim
@@ -99,6 +101,7 @@ impl Shared {
                         }
                     }
                     self.finished.fetch_add(1, Release);
+                    ran += 1;
                     cur = self.claim.load(Acquire);
                 }
                 Err(now) => cur = now,
@@ -241,8 +244,18 @@ fn worker(s: &Shared) {
             }
         }
         seen = s.generation();
-        s.work(seen);
+        let ran = s.work(seen);
+        WORKER_TASKS.fetch_add(ran as u64, Relaxed);
     }
+}
+
+/// Tasks run by workers (not by callers) in this process, all teams.
+static WORKER_TASKS: AtomicU64 = AtomicU64::new(0);
+
+/// How many tasks the teams' workers (not their callers) have run so far:
+/// lets a test know that a stretch of work really went through the workers.
+pub fn tasks_run_by_workers() -> u64 {
+    WORKER_TASKS.load(Relaxed)
 }
 
 /// The process's teams, one per size asked for (normally just one).

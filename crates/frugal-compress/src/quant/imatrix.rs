@@ -570,20 +570,27 @@ fn keep_better_rows(
     st: &InputStats,
 ) -> Result<(), String> {
     let cols = st.cols;
-    let errors = |bytes: &[u8]| -> Result<Vec<f64>, String> {
-        let mut d = vec![0.0f32; rows * cols];
-        frugal_kernels::dequantize_rows(fmt.ty(), bytes, &mut d, cols)
-            .map_err(|e| e.to_string())?;
-        for (d, w) in d.iter_mut().zip(w) {
-            *d -= w;
-        }
-        Ok(row_errors(&d, rows, &st.xtx))
-    };
-    let (mine, theirs) = (errors(q)?, errors(other)?);
     let rb = q.len() / rows;
-    for (r, (a, b)) in mine.iter().zip(&theirs).enumerate() {
-        if b < a {
-            q[r * rb..][..rb].copy_from_slice(&other[r * rb..][..rb]);
+    // Rows in slices, so the float copies stay small for any matrix.
+    const SLICE: usize = 256;
+    let mut d = vec![0.0f32; SLICE.min(rows) * cols];
+    for r0 in (0..rows).step_by(SLICE) {
+        let n = SLICE.min(rows - r0);
+        let (bytes, w) = (r0 * rb..(r0 + n) * rb, &w[r0 * cols..(r0 + n) * cols]);
+        let d = &mut d[..n * cols];
+        let mut errors = |b: &[u8]| -> Result<Vec<f64>, String> {
+            frugal_kernels::dequantize_rows(fmt.ty(), b, d, cols).map_err(|e| e.to_string())?;
+            for (d, w) in d.iter_mut().zip(w) {
+                *d -= w;
+            }
+            Ok(row_errors(d, n, &st.xtx))
+        };
+        let (mine, theirs) = (errors(&q[bytes.clone()])?, errors(&other[bytes])?);
+        for (i, (a, b)) in mine.iter().zip(&theirs).enumerate() {
+            if b < a {
+                let at = (r0 + i) * rb;
+                q[at..at + rb].copy_from_slice(&other[at..at + rb]);
+            }
         }
     }
     Ok(())

@@ -192,6 +192,7 @@ pub fn rounding_loss(m: &SiteMatrix, s: &[f32], h: &[f32]) -> Result<f64, String
 /// `h`, when `d` is its rounding error.
 pub fn row_errors(diff: &[f32], rows: usize, h: &[f32]) -> Vec<f64> {
     let cols = diff.len().checked_div(rows).unwrap_or(0);
+    debug_assert_eq!(cols * rows, diff.len(), "row_errors: not whole rows");
     if cols == 0 {
         return vec![0.0; rows];
     }
