@@ -25,7 +25,7 @@ pub struct ModelArgs {
     pub kv_type: KvType,
     /// Map a GGUF model's weights from the file instead of reading them into
     /// memory first. Reading costs a moment at start; mapping decodes slower
-    /// (4 KiB pages instead of 2 MiB huge pages: 4-14 % measured) but lets
+    /// (4 KiB pages instead of 2 MiB huge pages: 2-14 % measured) but lets
     /// the system page the weights out. Files over half the available
     /// memory are mapped anyway.
     #[arg(long)]

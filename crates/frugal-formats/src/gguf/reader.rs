@@ -460,7 +460,7 @@ impl GgufFile {
     /// anonymous map with transparent huge pages asked for (Linux): a decode
     /// step streams every weight, and with 2 MiB pages instead of the page
     /// cache's 4 KiB ones it spends far fewer cycles on TLB misses (measured
-    /// +4 to +14 % decode tokens/s on SmolLM2 and Qwen2.5-0.5B). Resident
+    /// +2 to +14 % decode tokens/s on SmolLM2 and Qwen2.5-0.5B). Resident
     /// memory is the same as a mapping's once every weight has been read,
     /// which decoding does; but the system can no longer page it out.
     pub fn read_into_memory(path: &Path) -> Result<GgufFile, FormatError> {
