@@ -256,38 +256,27 @@ fn bad_input_gets_a_clear_error_and_no_file() {
         "the smallest candidate types already need",
     );
     let c = calib.to_str().unwrap();
-    fails(
-        &[
-            "quantize",
-            "-m",
-            m,
-            "-o",
-            o,
-            "--budget-bpw",
-            "4",
-            "--budget-types",
-            "Q4_0,F16",
-            "--calib",
-            c,
-        ],
-        "--budget-types: F16 is not a quantized type",
-    );
-    fails(
-        &[
-            "quantize",
-            "-m",
-            m,
-            "-o",
-            o,
-            "--budget-bpw",
-            "4",
-            "--budget-types",
-            "Q4_0,Q7_7",
-            "--calib",
-            c,
-        ],
-        "unknown type `Q7_7`",
-    );
+    for (types, needle) in [
+        ("Q4_0,F16", "--budget-types: F16 is not a quantized type"),
+        ("Q4_0,Q7_7", "unknown type `Q7_7`"),
+    ] {
+        fails(
+            &[
+                "quantize",
+                "-m",
+                m,
+                "-o",
+                o,
+                "--budget-bpw",
+                "4",
+                "--budget-types",
+                types,
+                "--calib",
+                c,
+            ],
+            needle,
+        );
+    }
     fails(
         &["quantize", "-m", m, "-o", o, "--budget-types", "Q4_0"],
         "--budget-bpw",

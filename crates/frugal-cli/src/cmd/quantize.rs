@@ -278,7 +278,7 @@ pub fn run(a: Args) -> Result<()> {
             let mut v = Vec::with_capacity(names.len());
             for n in names {
                 let t = parse_type(n.trim()).with_context(|| format!("--budget-types: `{n}`"))?;
-                if matches!(t, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+                if t.is_float() {
                     bail!("--budget-types: {t} is not a quantized type");
                 }
                 if !v.contains(&t) {

@@ -427,10 +427,22 @@ impl GgufFile {
         // written once and then only read); if it is, reads may see changed
         // bytes or fault, which Rust cannot prevent for any mmap.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;
-        Self::from_mmap(Arc::new(mmap)).map_err(|e| match e {
+        Self::parse_file(path, mmap, false)
+    }
+
+    /// Parses the bytes of the file at `path` (`resident`: an anonymous copy),
+    /// naming the file in any format error.
+    fn parse_file(
+        path: &Path,
+        mmap: memmap2::Mmap,
+        resident: bool,
+    ) -> Result<GgufFile, FormatError> {
+        let mut g = Self::from_mmap(Arc::new(mmap)).map_err(|e| match e {
             FormatError::Io { .. } => e,
             other => FormatError::invalid(path.display().to_string(), other.to_string()),
-        })
+        })?;
+        g.resident = resident;
+        Ok(g)
     }
 
     /// Parse a GGUF file already mapped in memory. The map must be backed
@@ -479,12 +491,7 @@ impl GgufFile {
         file.read_exact(&mut mem)
             .map_err(|e| FormatError::io(path, e))?;
         let mmap = mem.make_read_only().map_err(|e| FormatError::io(path, e))?;
-        let mut g = Self::from_mmap(Arc::new(mmap)).map_err(|e| match e {
-            FormatError::Io { .. } => e,
-            other => FormatError::invalid(path.display().to_string(), other.to_string()),
-        })?;
-        g.resident = true;
-        Ok(g)
+        Self::parse_file(path, mmap, true)
     }
 
     /// The header info of a tensor.
