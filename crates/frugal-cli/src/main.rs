@@ -44,6 +44,8 @@ enum Command {
     Convert(cmd::convert::Args),
     /// Quantize a model: RTN, imatrix, GPTQ, AWQ or SmoothQuant W8A8, with optional mixed precision, into ggml types or frugal's own.
     Quantize(cmd::quantize::Args),
+    /// Prune a model: magnitude, Wanda or SparseGPT, unstructured or N:M (2:4), optionally rounding the kept weights into a quantized type in the same pass.
+    Prune(cmd::prune::Args),
 }
 
 impl Command {
@@ -56,6 +58,7 @@ impl Command {
             Command::Eval(a) => a.model.threads,
             Command::Bench(a) => a.model.threads,
             Command::Quantize(a) => a.threads,
+            Command::Prune(a) => a.threads,
             Command::Fetch(_) | Command::Inspect(_) | Command::Convert(_) | Command::Report(_) => {
                 None
             }
@@ -74,6 +77,7 @@ impl Command {
             Command::Report(a) => cmd::report::run(a),
             Command::Convert(a) => cmd::convert::run(a),
             Command::Quantize(a) => cmd::quantize::run(a),
+            Command::Prune(a) => cmd::prune::run(a),
         }
     }
 }

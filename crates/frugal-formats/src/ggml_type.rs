@@ -48,11 +48,22 @@ pub enum GgmlType {
 ///   (value `d·q`). Its dot products take [`FrugalType::I8Tok`] activations.
 /// * `I8Tok`: int8 activations, one scale per token (row), same layout as
 ///   `W8Row`: f32 scale, i32 code sum, i8 codes.
+/// * `SparseQ8 { keep }` (`SQ8_{keep}of64`): unstructured sparse int8
+///   weights whose rows keep at most `keep` of every 64 weights on average.
+///   A row of n weights is n/32 headers of 6 bytes (a little-endian `u32`
+///   bitmap of the block's nonzero weights, then the block's f16 scale `d`),
+///   then the nonzero weights' i8 codes, packed in order (value `d·q`), then
+///   zero padding up to `n/64·keep` code bytes. Rows are whole multiples of 64.
+/// * `Sparse24Q8` (`SQ8_2of4`): 2:4 sparse int8 weights in blocks of 32: an
+///   f16 scale `d`, a little-endian `u32` holding the 2-bit positions
+///   (within their group of 4) of the 16 kept weights, then their 16 i8 codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FrugalType {
     Affine { bits: u8, group: u16, sym: bool },
     W8Row,
     I8Tok,
+    SparseQ8 { keep: u8 },
+    Sparse24Q8,
 }
 
 /// The id prefix of frugal's types ("FR").
@@ -73,6 +84,10 @@ impl FrugalType {
             }
             v.push(FrugalType::W8Row);
             v.push(FrugalType::I8Tok);
+            for keep in 1..=63 {
+                v.push(FrugalType::SparseQ8 { keep });
+            }
+            v.push(FrugalType::Sparse24Q8);
             v
         })
     }
@@ -83,7 +98,8 @@ impl FrugalType {
             FrugalType::Affine { bits, group, .. } => {
                 (2..=8).contains(&bits) && matches!(group, 0 | 32 | 64 | 128 | 256)
             }
-            FrugalType::W8Row | FrugalType::I8Tok => true,
+            FrugalType::W8Row | FrugalType::I8Tok | FrugalType::Sparse24Q8 => true,
+            FrugalType::SparseQ8 { keep } => (1..=63).contains(&keep),
         }
     }
 
@@ -99,6 +115,8 @@ impl FrugalType {
             }
             FrugalType::W8Row => FRUGAL_ID | 0xFF00,
             FrugalType::I8Tok => FRUGAL_ID | 0xFF01,
+            FrugalType::SparseQ8 { keep } => FRUGAL_ID | 0xFE00 | keep as u32,
+            FrugalType::Sparse24Q8 => FRUGAL_ID | 0xFD00,
         }
     }
 
@@ -108,17 +126,21 @@ impl FrugalType {
             FrugalType::Affine { sym: true, .. } => 2,
             FrugalType::Affine { sym: false, .. } => 4,
             FrugalType::W8Row | FrugalType::I8Tok => 8,
+            // Sparse rows: headers per block, counted in the type size.
+            FrugalType::SparseQ8 { .. } => 0,
+            FrugalType::Sparse24Q8 => 6,
         }
     }
 
-    /// Whether one header serves the whole row (rather than each group).
+    /// Whether the row is the unit of the layout (one header for the whole
+    /// row, or codes packed across the row) rather than each block.
     pub fn is_row_wise(self) -> bool {
         !matches!(
             self,
             FrugalType::Affine {
                 group: 32..=256,
                 ..
-            }
+            } | FrugalType::Sparse24Q8
         )
     }
 
@@ -126,7 +148,10 @@ impl FrugalType {
     pub fn code_bits(self) -> usize {
         match self {
             FrugalType::Affine { bits, .. } => bits as usize,
-            FrugalType::W8Row | FrugalType::I8Tok => 8,
+            FrugalType::W8Row
+            | FrugalType::I8Tok
+            | FrugalType::SparseQ8 { .. }
+            | FrugalType::Sparse24Q8 => 8,
         }
     }
 
@@ -142,6 +167,8 @@ impl FrugalType {
             }
             FrugalType::W8Row => "W8_row".into(),
             FrugalType::I8Tok => "I8_tok".into(),
+            FrugalType::SparseQ8 { keep } => format!("SQ8_{keep}of64"),
+            FrugalType::Sparse24Q8 => "SQ8_2of4".into(),
         }
     }
 }
@@ -218,6 +245,7 @@ impl GgmlType {
                 group: g @ 32..=256,
                 ..
             }) => g as usize,
+            Frugal(FrugalType::SparseQ8 { .. }) => 64,
             Frugal(_) => 32,
             F32 | F16 | BF16 => 1,
             Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 => 32,
@@ -229,6 +257,9 @@ impl GgmlType {
     pub fn type_size(self) -> usize {
         use GgmlType::*;
         match self {
+            // Two block headers and (at most) `keep` codes per 64 weights.
+            Frugal(FrugalType::SparseQ8 { keep }) => 12 + keep as usize,
+            Frugal(FrugalType::Sparse24Q8) => 6 + 16,
             Frugal(t) if t.is_row_wise() => 4 * t.code_bits(),
             Frugal(t) => t.header_bytes() + self.block_size() / 8 * t.code_bits(),
             F32 => 4,
@@ -394,6 +425,14 @@ mod tests {
         let w8 = GgmlType::Frugal(FrugalType::W8Row);
         assert_eq!(w8.row_bytes(576), Some(8 + 576));
         assert_eq!(w8.row_bytes(0), Some(0));
+        // Sparse int8: 6-byte headers per 32, `keep` codes per 64.
+        let sp = GgmlType::Frugal(FrugalType::SparseQ8 { keep: 32 });
+        assert_eq!(sp.row_bytes(576), Some(576 / 32 * 6 + 576 / 2));
+        assert_eq!(sp.row_bytes(96), None);
+        assert_eq!(sp.bits_per_weight(), 5.5);
+        let s24 = GgmlType::Frugal(FrugalType::Sparse24Q8);
+        assert_eq!(s24.row_bytes(64), Some(2 * 22));
+        assert_eq!(s24.row_bytes(48), None);
     }
 
     #[test]

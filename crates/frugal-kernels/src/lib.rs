@@ -13,6 +13,7 @@ pub mod kquants;
 pub mod legacy;
 pub mod matmul;
 pub mod sgemm;
+pub mod sparse;
 pub mod team;
 pub mod traits;
 

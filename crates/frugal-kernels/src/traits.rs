@@ -81,6 +81,7 @@ fn build_table() -> Vec<TypeTraits> {
     crate::legacy::register(isa, &mut table);
     crate::kquants::register(isa, &mut table);
     crate::frugal::register(isa, &mut table);
+    crate::sparse::register(isa, &mut table);
     table
 }
 

@@ -632,8 +632,11 @@ fn traits_cover_every_frugal_type() {
         let ty = GgmlType::Frugal(t);
         let tr = traits(ty).unwrap_or_else(|| panic!("{ty}: no kernels"));
         assert!(tr.from_float.is_some());
+        let sparse = matches!(t, FrugalType::SparseQ8 { .. } | FrugalType::Sparse24Q8);
         let want = match detected_isa() {
             Isa::Avx512 => "avx512",
+            // The sparse types have AVX-512 (VBMI2) and scalar kernels only.
+            _ if sparse => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Scalar => "scalar",
         };
@@ -649,6 +652,7 @@ fn traits_cover_every_frugal_type() {
 fn lens_any(t: FrugalType) -> Vec<usize> {
     match t {
         FrugalType::Affine { .. } => lens(t),
+        FrugalType::SparseQ8 { .. } => vec![64, 896],
         _ => vec![32, 896],
     }
 }

@@ -6,5 +6,6 @@ pub mod fetch;
 pub mod generate;
 pub mod inspect;
 pub mod perplexity;
+pub mod prune;
 pub mod quantize;
 pub mod report;

@@ -134,7 +134,7 @@ pub struct Args {
 }
 
 /// A type name (ggml's or frugal's), as a quantized weight type.
-fn parse_type(s: &str) -> Result<GgmlType> {
+pub(crate) fn parse_type(s: &str) -> Result<GgmlType> {
     let t = GgmlType::from_name(s).ok_or_else(|| {
         anyhow!("unknown type `{s}` (try Q4_0, Q4_K, Q8_0, FQ3a_g128, FQ4s_row, ...)")
     })?;
@@ -188,7 +188,7 @@ fn file_type(ty: GgmlType) -> Option<u32> {
 }
 
 /// Fails early (before minutes of work) if `out` cannot be written.
-fn check_writable(out: &std::path::Path) -> Result<()> {
+pub(crate) fn check_writable(out: &std::path::Path) -> Result<()> {
     if out.is_dir() {
         bail!("--out {} is a directory", out.display());
     }
@@ -312,22 +312,14 @@ pub fn run(a: Args) -> Result<()> {
     let (src, _) = load_source(&path).with_context(|| format!("reading {}", path.display()))?;
     let model = Model::from_source(&src)?;
     let calib = match &a.calib {
-        Some(p) if calibrate || a.budget_bpw.is_some() => {
-            let tok = load_tokenizer(&src, model.config.n_vocab, None)?;
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading calibration text {}", p.display()))?;
-            let c = Calibration::from_text(&tok, &text, a.calib_tokens, a.calib_ctx)
-                .map_err(|e| anyhow!("{}: {e}", p.display()))?;
-            if !a.quiet {
-                eprintln!(
-                    "calibration: {} tokens in {} sequences from {}",
-                    c.n_tokens(),
-                    c.seqs.len(),
-                    p.display()
-                );
-            }
-            Some(c)
-        }
+        Some(p) if calibrate || a.budget_bpw.is_some() => Some(calibration(
+            &src,
+            &model,
+            p,
+            a.calib_tokens,
+            a.calib_ctx,
+            a.quiet,
+        )?),
         _ => None,
     };
 
@@ -371,6 +363,7 @@ pub fn run(a: Args) -> Result<()> {
         calib: calib.as_ref(),
         tensor_types,
         scaling,
+        prune: None,
     };
     let q = quantize_model(&src, &model, &opts, &mut |done, _, _| {
         pb.set_position(done as u64)
@@ -378,20 +371,72 @@ pub fn run(a: Args) -> Result<()> {
     .map_err(|e| anyhow!(e))?;
     pb.finish_and_clear();
 
-    let mut w = GgufWriter::new();
-    w.set_metadata(src.metadata.clone());
-    match file_type(ty) {
-        Some(ft) => w.set_meta("general.file_type", MetaValue::U32(ft)),
-        None => w.set_meta("general.file_type", MetaValue::U32(0)),
-    };
-    w.set_meta("general.quantization_version", MetaValue::U32(2));
-    w.set_meta(
+    let mut meta = vec![(
         "frugal.quantize.method",
         MetaValue::String(method_name.clone()),
-    );
-    w.set_meta("frugal.quantize.type", MetaValue::String(ty.name().into()));
+    )];
     if let Some(b) = a.budget_bpw {
-        w.set_meta("frugal.quantize.budget_bpw", MetaValue::F32(b as f32));
+        meta.push(("frugal.quantize.budget_bpw", MetaValue::F32(b as f32)));
+    }
+    let bytes = write_result(&src, &q, ty, meta, &a.out, a.quiet)?;
+    eprintln!(
+        "wrote {} ({:.1} MB) with {} into {} in {:.1} s",
+        a.out.display(),
+        bytes as f64 / 1e6,
+        method_name,
+        ty,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `n_tokens` calibration tokens from the text file `p`, in sequences of `ctx`.
+pub(crate) fn calibration(
+    src: &frugal_formats::ModelSource,
+    model: &Model,
+    p: &std::path::Path,
+    n_tokens: usize,
+    ctx: usize,
+    quiet: bool,
+) -> Result<Calibration> {
+    let tok = load_tokenizer(src, model.config.n_vocab, None)?;
+    let text = std::fs::read_to_string(p)
+        .with_context(|| format!("reading calibration text {}", p.display()))?;
+    let c = Calibration::from_text(&tok, &text, n_tokens, ctx)
+        .map_err(|e| anyhow!("{}: {e}", p.display()))?;
+    if !quiet {
+        eprintln!(
+            "calibration: {} tokens in {} sequences from {}",
+            c.n_tokens(),
+            c.seqs.len(),
+            p.display()
+        );
+    }
+    Ok(c)
+}
+
+/// Writes the source's tensors, with those of `q` in place of their
+/// originals, to `out` (under a temporary name, then renamed); `ty` is the
+/// block matrices' type, `meta` extra metadata. Prints `q`'s notes unless
+/// `quiet`; returns the file's size.
+pub(crate) fn write_result(
+    src: &frugal_formats::ModelSource,
+    q: &Quantized,
+    ty: GgmlType,
+    meta: Vec<(&str, MetaValue)>,
+    out: &std::path::Path,
+    quiet: bool,
+) -> Result<u64> {
+    let mut w = GgufWriter::new();
+    w.set_metadata(src.metadata.clone());
+    w.set_meta(
+        "general.file_type",
+        MetaValue::U32(file_type(ty).unwrap_or(0)),
+    );
+    w.set_meta("general.quantization_version", MetaValue::U32(2));
+    w.set_meta("frugal.quantize.type", MetaValue::String(ty.name().into()));
+    for (k, v) in meta {
+        w.set_meta(k, v);
     }
     let frugal_types: Vec<MetaValue> = {
         let mut v: Vec<&str> = q
@@ -419,10 +464,10 @@ pub fn run(a: Args) -> Result<()> {
             None => w.add(t)?,
         }
     }
-    w.write(&a.out)
-        .with_context(|| format!("writing {}", a.out.display()))?;
-    let bytes = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
-    if !a.quiet {
+    w.write(out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    if !quiet {
         let mut notes = q.notes.clone();
         notes.dedup_by(|x, y| x.split(':').nth(1) == y.split(':').nth(1));
         for n in notes.iter().take(8) {
@@ -431,21 +476,13 @@ pub fn run(a: Args) -> Result<()> {
         if notes.len() > 8 {
             eprintln!("note: ... and {} more fallbacks", notes.len() - 8);
         }
-        if !frugal_types_used(&q) {
+        if !frugal_types_used(q) {
             eprintln!("llama.cpp can read this file");
         } else {
             eprintln!("this file uses frugal's own types: only frugal reads it");
         }
     }
-    eprintln!(
-        "wrote {} ({:.1} MB) with {} into {} in {:.1} s",
-        a.out.display(),
-        bytes as f64 / 1e6,
-        method_name,
-        ty,
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(())
+    Ok(bytes)
 }
 
 fn frugal_types_used(q: &Quantized) -> bool {

@@ -17,10 +17,27 @@
 use super::format::{nearest_code, Format};
 use super::imatrix::fit_weighted;
 use super::method::{matrix_bytes, require_stats, InputStats, Method};
+use crate::prune::Pattern;
 use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
 use frugal_kernels::sgemm::{sgemm, View};
 use rayon::prelude::*;
+
+/// Which weights the column sweep sets to zero (and keeps there) instead of
+/// rounding them: the same sweep is SparseGPT when it prunes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum ObsMask {
+    /// Plain GPTQ: nothing is pruned.
+    #[default]
+    None,
+    /// Weights that are exactly zero on entry stay zero (a mask chosen
+    /// before, e.g. by Wanda or magnitude).
+    KeepZeros,
+    /// SparseGPT: at the start of each lazy block, every row prunes, under
+    /// the pattern, the block's weights of least saliency w²/[H⁻¹]ᵢᵢ, the
+    /// output error their removal costs once the rest are updated.
+    Select(Pattern),
+}
 
 pub struct Gptq {
     /// Damping added to H's diagonal, as a fraction of its mean (0.01).
@@ -33,6 +50,8 @@ pub struct Gptq {
     /// [`super::imatrix`] (weights: the input channels' energies, H's
     /// diagonal) instead of the format's plain reference quantizer.
     pub weighted_scales: bool,
+    /// Weights pruned in the same sweep (SparseGPT and GPTQ jointly).
+    pub mask: ObsMask,
 }
 
 impl Default for Gptq {
@@ -42,6 +61,7 @@ impl Default for Gptq {
             block: 128,
             act_order: false,
             weighted_scales: false,
+            mask: ObsMask::None,
         }
     }
 }
@@ -54,6 +74,11 @@ impl Method for Gptq {
         }
         if self.weighted_scales {
             name += "+imatrix";
+        }
+        match self.mask {
+            ObsMask::None => {}
+            ObsMask::KeepZeros => name += "+mask",
+            ObsMask::Select(p) => name = format!("sparsegpt({p})+{name}"),
         }
         name
     }
@@ -73,46 +98,36 @@ impl Method for Gptq {
         let stats = require_stats(stats, cols, "GPTQ")?;
         let total = matrix_bytes(fmt, rows, cols)?;
         let fit_len = fmt.fit_len(cols);
-        // A lazy block must start where every fit block starts, so a block's
-        // scales are fitted on fully updated weights.
-        let block = if fit_len <= self.block {
-            self.block / fit_len * fit_len
-        } else {
-            fit_len
-        };
-
-        // H = 2/n Σ x xᵀ, in f64 for the factorizations.
-        let n_tok = stats.tokens.max(1) as f64;
-        let mut h: Vec<f64> = stats.xtx.iter().map(|&v| 2.0 * v as f64 / n_tok).collect();
-        let mut w = w.to_vec();
-        for i in 0..cols {
-            if h[i * cols + i] <= 0.0 {
-                h[i * cols + i] = 1.0;
-                for r in 0..rows {
-                    w[r * cols + i] = 0.0;
+        if let ObsMask::Select(p) = self.mask {
+            p.check_cols(cols)?;
+            if let Pattern::NM { m, .. } = p {
+                if !(fit_len.is_multiple_of(m) || m.is_multiple_of(fit_len)) {
+                    return Err(format!(
+                        "N:M groups of {m} straddle the {fit_len}-element blocks of {}",
+                        fmt.ty()
+                    ));
                 }
             }
         }
-        let perm: Vec<usize> = if self.act_order {
-            let mut p: Vec<usize> = (0..cols).collect();
-            p.sort_by(|&a, &b| h[b * cols + b].total_cmp(&h[a * cols + a]));
-            p
-        } else {
-            (0..cols).collect()
+        if self.act_order && self.mask != ObsMask::None {
+            return Err("act-order does not combine with pruning".into());
+        }
+        // A lazy block must start where every fit block (and N:M group)
+        // starts, so a block's scales are fitted on fully updated weights.
+        let unit = match self.mask {
+            ObsMask::Select(Pattern::NM { m, .. }) => lcm(fit_len, m),
+            _ => fit_len,
         };
-        let hp = Mat::<f64>::from_fn(cols, cols, |i, j| h[perm[i] * cols + perm[j]]);
-        drop(h);
-        let u = upper_cholesky_of_inverse(hp, self.damp as f64)?;
+        let block = lazy_block(self.block, unit);
+        let Prepared { perm, u, w } = prepare(w, rows, cols, stats, self.act_order, self.damp)?;
 
         let importance = self
             .weighted_scales
             .then(|| super::imatrix::channel_importance(stats));
         let mut out = vec![0u8; total];
         let rb = total / rows.max(1);
-        let threads = rayon::current_num_threads().max(1);
-        let chunk = rows.div_ceil(threads * 4).clamp(1, 64);
         let ctx = Ctx {
-            fmt,
+            fmt: Some(fmt),
             cols,
             fit_len,
             block,
@@ -120,12 +135,126 @@ impl Method for Gptq {
             u: &u,
             act_order: self.act_order,
             importance: importance.as_deref(),
+            mask: self.mask,
         };
+        let chunk = row_chunk(rows);
         out.par_chunks_mut(chunk * rb)
             .zip(w.par_chunks(chunk * cols))
-            .for_each(|(o, wc)| ctx.rows(wc, o));
+            .for_each(|(o, wc)| ctx.rows(wc, Out::Bytes(o)));
         Ok(out)
     }
+}
+
+/// The column sweep without rounding: weights pruned by `mask` and the rest
+/// updated to absorb their error (SparseGPT with f32 values). `w` is
+/// `rows × cols`, row-major; so is the result.
+pub fn obs_values(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    stats: &InputStats,
+    mask: ObsMask,
+    damp: f32,
+) -> Result<Vec<f32>, String> {
+    if stats.cols != cols {
+        return Err(format!(
+            "calibration statistics are for {} inputs, the matrix has {cols}",
+            stats.cols
+        ));
+    }
+    let unit = match mask {
+        ObsMask::Select(Pattern::NM { m, .. }) => m,
+        _ => 1,
+    };
+    let block = lazy_block(128, unit);
+    let Prepared { perm, u, w } = prepare(w, rows, cols, stats, false, damp)?;
+    let ctx = Ctx {
+        fmt: None,
+        cols,
+        fit_len: 1,
+        block,
+        perm: &perm,
+        u: &u,
+        act_order: false,
+        importance: None,
+        mask,
+    };
+    let mut out = vec![0.0f32; rows * cols];
+    let chunk = row_chunk(rows);
+    out.par_chunks_mut(chunk * cols)
+        .zip(w.par_chunks(chunk * cols))
+        .for_each(|(o, wc)| ctx.rows(wc, Out::Values(o)));
+    Ok(out)
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    a / gcd(a, b).max(1) * b
+}
+
+/// Columns per lazy update: about `want`, a multiple of `unit`.
+fn lazy_block(want: usize, unit: usize) -> usize {
+    if unit <= want {
+        want / unit * unit
+    } else {
+        unit
+    }
+}
+
+/// Rows per parallel task.
+fn row_chunk(rows: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    rows.div_ceil(threads * 4).clamp(1, 64)
+}
+
+/// What the sweep starts from.
+struct Prepared {
+    /// The visiting order of the columns.
+    perm: Vec<usize>,
+    /// The upper Cholesky factor of the damped H⁻¹, in that order.
+    u: Vec<f32>,
+    /// The weights, with dead inputs (zero energy) zeroed.
+    w: Vec<f32>,
+}
+
+fn prepare(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    stats: &InputStats,
+    act_order: bool,
+    damp: f32,
+) -> Result<Prepared, String> {
+    // H = 2/n Σ x xᵀ, in f64 for the factorizations.
+    let n_tok = stats.tokens.max(1) as f64;
+    let mut h: Vec<f64> = stats.xtx.iter().map(|&v| 2.0 * v as f64 / n_tok).collect();
+    let mut w = w.to_vec();
+    for i in 0..cols {
+        if h[i * cols + i] <= 0.0 {
+            h[i * cols + i] = 1.0;
+            for r in 0..rows {
+                w[r * cols + i] = 0.0;
+            }
+        }
+    }
+    let perm: Vec<usize> = if act_order {
+        let mut p: Vec<usize> = (0..cols).collect();
+        p.sort_by(|&a, &b| h[b * cols + b].total_cmp(&h[a * cols + a]));
+        p
+    } else {
+        (0..cols).collect()
+    };
+    let hp = Mat::<f64>::from_fn(cols, cols, |i, j| h[perm[i] * cols + perm[j]]);
+    drop(h);
+    let u = upper_cholesky_of_inverse(hp, damp as f64)?;
+    Ok(Prepared { perm, u, w })
 }
 
 /// U with H⁻¹ = UᵀU, for H damped by `damp`·mean(diag); more damping is
@@ -158,9 +287,18 @@ fn upper_cholesky_of_inverse(h: Mat<f64>, damp: f64) -> Result<Vec<f32>, String>
     Err("the calibration Hessian is not positive definite even with heavy damping".into())
 }
 
+/// Where a row chunk's result goes.
+enum Out<'a> {
+    /// Quantized rows, in the format.
+    Bytes(&'a mut [u8]),
+    /// f32 rows (no format: pruning only).
+    Values(&'a mut [f32]),
+}
+
 /// What every row chunk shares.
 struct Ctx<'a> {
-    fmt: &'a dyn Format,
+    /// None: values are not rounded, only pruned.
+    fmt: Option<&'a dyn Format>,
     cols: usize,
     fit_len: usize,
     block: usize,
@@ -170,24 +308,28 @@ struct Ctx<'a> {
     act_order: bool,
     /// Per input column, for weighted scale search.
     importance: Option<&'a [f32]>,
+    mask: ObsMask,
 }
 
 impl Ctx<'_> {
-    /// GPTQ for a chunk of rows (`w`, row-major, original column order);
-    /// writes their quantized rows to `out`.
-    fn rows(&self, w: &[f32], out: &mut [u8]) {
-        let (cols, fit_len, fmt) = (self.cols, self.fit_len, self.fmt);
+    /// The sweep for a chunk of rows (`w`, row-major, original column
+    /// order), written to `out`.
+    fn rows(&self, w: &[f32], out: Out) {
+        let (cols, fit_len) = (self.cols, self.fit_len);
         let nr = w.len() / cols;
-        let bb = fmt.block_bytes(cols);
+        let bb = self.fmt.map_or(0, |f| f.block_bytes(cols));
         let nblk = cols / fit_len;
-        let qmax = fmt.qmax();
+        let qmax = self.fmt.map_or(0, |f| f.qmax());
         // Fitted blocks and per-element levels, original column order.
-        let mut blocks = vec![0u8; nr * nblk * bb];
-        let mut scale = vec![0.0f32; nr * cols];
-        let mut offset = vec![0.0f32; nr * cols];
-        let mut codes = vec![0u8; nr * cols];
+        let quantized = self.fmt.is_some();
+        let per = |n: usize| if quantized { n } else { 0 };
+        let mut blocks = vec![0u8; per(nr * nblk * bb)];
+        let mut scale = vec![0.0f32; per(nr * cols)];
+        let mut offset = vec![0.0f32; per(nr * cols)];
+        let mut codes = vec![0u8; per(nr * cols)];
         let fit =
             |r: usize, b: usize, x: &[f32], blocks: &mut [u8], s: &mut [f32], o: &mut [f32]| {
+                let Some(fmt) = self.fmt else { return };
                 let blk = &mut blocks[(r * nblk + b) * bb..][..bb];
                 match self.importance {
                     Some(imp) => fit_weighted(fmt, x, &imp[b * fit_len..][..fit_len], blk),
@@ -213,24 +355,63 @@ impl Ctx<'_> {
             }
         }
         let mut err = vec![0.0f32; nr * self.block];
+        // Per row of the current lazy block: which weights are pruned.
+        let mut pruned = vec![false; nr * self.block];
+        let mut scores = vec![0.0f32; self.block];
+        let mut vals = match &out {
+            Out::Values(_) => vec![0.0f32; nr * cols],
+            Out::Bytes(_) => Vec::new(),
+        };
         let mut i1 = 0;
         while i1 < cols {
             let i2 = (i1 + self.block).min(cols);
             let bw = i2 - i1;
             for r in 0..nr {
                 let row = &mut wp[r * cols..(r + 1) * cols];
+                let pr = &mut pruned[r * self.block..][..bw];
+                match self.mask {
+                    ObsMask::None => pr.fill(false),
+                    ObsMask::KeepZeros => {
+                        for (i, p) in (i1..i2).zip(pr.iter_mut()) {
+                            *p = w[r * cols + self.perm[i]] == 0.0;
+                        }
+                    }
+                    ObsMask::Select(pattern) => {
+                        let s = &mut scores[..bw];
+                        for (i, s) in (i1..i2).zip(s.iter_mut()) {
+                            let d = self.u[i * cols + i];
+                            *s = row[i] * row[i] / (d * d);
+                        }
+                        pattern.select(s, i1, pr);
+                    }
+                }
                 for i in i1..i2 {
                     let orig = self.perm[i];
-                    if !self.act_order && orig.is_multiple_of(fit_len) {
-                        // Not permuted: columns orig.. are row[i..] and up to date.
-                        let x = row[i..i + fit_len].to_vec();
-                        fit(r, orig / fit_len, &x, &mut blocks, &mut scale, &mut offset);
-                    }
-                    let (s, o) = (scale[r * cols + orig], offset[r * cols + orig]);
-                    let q = nearest_code(row[i], s, o, qmax);
-                    codes[r * cols + orig] = q;
+                    let is_pruned = pr[i - i1];
+                    let q = if quantized {
+                        if !self.act_order && orig.is_multiple_of(fit_len) {
+                            // Not permuted: columns orig.. are row[i..] and
+                            // up to date; pruned weights do not count.
+                            let mut x = row[i..i + fit_len].to_vec();
+                            for (j, v) in x.iter_mut().enumerate() {
+                                if pr.get(i + j - i1) == Some(&true) {
+                                    *v = 0.0;
+                                }
+                            }
+                            fit(r, orig / fit_len, &x, &mut blocks, &mut scale, &mut offset);
+                        }
+                        let (s, o) = (scale[r * cols + orig], offset[r * cols + orig]);
+                        let target = if is_pruned { 0.0 } else { row[i] };
+                        let c = nearest_code(target, s, o, qmax);
+                        codes[r * cols + orig] = c;
+                        s * c as f32 + o
+                    } else {
+                        let v = if is_pruned { 0.0 } else { row[i] };
+                        vals[r * cols + orig] = v;
+                        v
+                    };
                     let d = self.u[i * cols + i];
-                    let e = (row[i] - (s * q as f32 + o)) / d;
+                    let e = (row[i] - q) / d;
                     let ui = &self.u[i * cols..(i + 1) * cols];
                     for (x, &uij) in row[i + 1..i2].iter_mut().zip(&ui[i + 1..i2]) {
                         *x -= e * uij;
@@ -258,12 +439,18 @@ impl Ctx<'_> {
             }
             i1 = i2;
         }
-        let rb = out.len() / nr;
-        for r in 0..nr {
-            for b in 0..nblk {
-                let blk = &mut blocks[(r * nblk + b) * bb..][..bb];
-                fmt.set_codes(blk, &codes[r * cols + b * fit_len..][..fit_len]);
-                out[r * rb + b * bb..][..bb].copy_from_slice(blk);
+        match out {
+            Out::Values(o) => o.copy_from_slice(&vals),
+            Out::Bytes(out) => {
+                let fmt = self.fmt.expect("bytes come from a format");
+                let rb = out.len() / nr;
+                for r in 0..nr {
+                    for b in 0..nblk {
+                        let blk = &mut blocks[(r * nblk + b) * bb..][..bb];
+                        fmt.set_codes(blk, &codes[r * cols + b * fit_len..][..fit_len]);
+                        out[r * rb + b * bb..][..bb].copy_from_slice(blk);
+                    }
+                }
             }
         }
     }
@@ -273,69 +460,8 @@ impl Ctx<'_> {
 mod tests {
     use super::*;
     use crate::quant::{Rtn, TypeFormat};
+    use crate::testutil::{inputs, output_error, stats_of, weights};
     use frugal_formats::GgmlType;
-    use rand::{Rng, SeedableRng};
-
-    /// Calibration inputs with strongly correlated channels of unequal
-    /// energy, as real activations have.
-    fn inputs(n: usize, cols: usize, seed: u64) -> Vec<f32> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let k = 8;
-        let mix: Vec<f32> = (0..k * cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-        let gain: Vec<f32> = (0..cols).map(|c| 0.2 + (c % 7) as f32).collect();
-        let mut x = vec![0.0f32; n * cols];
-        for t in 0..n {
-            let z: Vec<f32> = (0..k).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-            for c in 0..cols {
-                let mut v = 0.1 * rng.gen_range(-1.0f32..1.0);
-                for j in 0..k {
-                    v += z[j] * mix[j * cols + c];
-                }
-                x[t * cols + c] = v * gain[c];
-            }
-        }
-        x
-    }
-
-    fn stats_of(x: &[f32], cols: usize) -> InputStats {
-        let mut s = InputStats::new(cols);
-        s.tokens = x.len() / cols;
-        for t in x.chunks(cols) {
-            for i in 0..cols {
-                for j in 0..cols {
-                    s.xtx[i * cols + j] += t[i] * t[j];
-                }
-            }
-        }
-        s
-    }
-
-    /// Σ over tokens and rows of (x·w − x·ŵ)²: the error GPTQ minimizes.
-    fn output_error(x: &[f32], w: &[f32], q: &[u8], ty: GgmlType, rows: usize, cols: usize) -> f64 {
-        let mut wq = vec![0.0f32; rows * cols];
-        let rb = q.len() / rows;
-        let to_float = frugal_kernels::traits(ty).unwrap().to_float;
-        for r in 0..rows {
-            to_float(&q[r * rb..(r + 1) * rb], &mut wq[r * cols..(r + 1) * cols]);
-        }
-        let mut e = 0.0f64;
-        for t in x.chunks(cols) {
-            for r in 0..rows {
-                let d: f32 = (0..cols)
-                    .map(|c| t[c] * (w[r * cols + c] - wq[r * cols + c]))
-                    .sum();
-                e += (d as f64).powi(2);
-            }
-        }
-        e
-    }
-
-    fn weights(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        (0..rows * cols)
-            .map(|_| rng.gen_range(-1.0f32..1.0))
-            .collect()
-    }
 
     #[test]
     fn gptq_beats_rtn_on_correlated_inputs() {

@@ -15,6 +15,7 @@ use super::format::{Format, TypeFormat};
 use super::method::{InputStats, Method};
 use super::scales::{self, Scaling, SiteMatrix};
 use crate::calib::{Calibration, LayerF32, LayerNorms, LayerPass, Site, Stage};
+use crate::prune::Sparsity;
 use frugal_formats::{FrugalType, GgmlType, ModelSource, Tensor};
 use frugal_model::{tensor_to_f32, Model};
 
@@ -35,6 +36,18 @@ pub struct QuantizeOptions<'a> {
     /// Per-input-channel scaling of the block matrices before the method
     /// rounds them (needs calibration).
     pub scaling: Scaling,
+    /// Pruning of the block matrices, before the method rounds them (or by
+    /// the method itself, see [`Prune::by_method`]).
+    pub prune: Option<Prune>,
+}
+
+/// Pruning in the pipeline.
+#[derive(Clone, Copy, Debug)]
+pub struct Prune {
+    pub sparsity: Sparsity,
+    /// The method prunes while it rounds (SparseGPT inside GPTQ's sweep,
+    /// one Hessian pass for both); the pipeline then leaves the weights to it.
+    pub by_method: bool,
 }
 
 impl QuantizeOptions<'_> {
@@ -56,6 +69,8 @@ pub struct QTensor {
 pub struct Quantized {
     pub tensors: Vec<QTensor>,
     pub notes: Vec<String>,
+    /// Zero weights among the block matrices, and their weights in all.
+    pub zeros: (usize, usize),
 }
 
 /// Progress of a long run: `(done, total, what)`.
@@ -129,11 +144,14 @@ struct Run<'a> {
     opts: &'a QuantizeOptions<'a>,
     out: Vec<QTensor>,
     notes: Vec<String>,
+    zeros: (usize, usize),
 }
 
 impl Run<'_> {
     /// Quantizes `w` (a `rows × cols` matrix named `name`) with the method into
-    /// `want` (or its fallback); returns the dequantized result.
+    /// `want` (or its fallback), pruned first if `block` (a block matrix)
+    /// and the options prune; returns the dequantized result.
+    #[allow(clippy::too_many_arguments)]
     fn matrix(
         &mut self,
         name: &str,
@@ -142,24 +160,86 @@ impl Run<'_> {
         want: GgmlType,
         method: &dyn Method,
         stats: Option<&InputStats>,
+        block: bool,
     ) -> Result<Vec<f32>, String> {
         let (cols, rows) = (dims[0], dims[1..].iter().product::<usize>());
+        let pruned;
+        let w = match self.opts.prune.filter(|_| block) {
+            Some(p) if !p.by_method => {
+                pruned = p
+                    .sparsity
+                    .prune(w, rows, cols, stats)
+                    .map_err(|e| format!("{name}: {e}"))?;
+                &pruned[..]
+            }
+            _ => w,
+        };
         let ty = fit_type(want, cols);
         if ty != want {
             self.notes.push(format!(
                 "{name}: rows of {cols} are not whole {want} blocks; used {ty}"
             ));
         }
-        let fmt = TypeFormat::new(ty).map_err(|e| format!("{name}: {}", e.0))?;
-        let bytes = method
-            .quantize(w, rows, cols, &fmt, stats)
-            .map_err(|e| format!("{name}: {e}"))?;
-        let mut back = vec![0.0f32; rows * cols];
-        frugal_kernels::dequantize_rows(fmt.ty(), &bytes, &mut back, cols)
-            .map_err(|e| format!("{name}: {e}"))?;
+        let (bytes, back) = if ty.is_float() {
+            // Floats take the values as they are (pruning alone).
+            let from_float = frugal_kernels::traits(ty)
+                .and_then(|t| t.from_float)
+                .ok_or_else(|| format!("{name}: frugal cannot write {ty}"))?;
+            let rb = ty.row_bytes(cols as u64).expect("float rows") as usize;
+            let mut bytes = vec![0u8; rows * rb];
+            for (o, x) in bytes.chunks_exact_mut(rb).zip(w.chunks_exact(cols)) {
+                from_float(x, o);
+            }
+            let mut back = vec![0.0f32; rows * cols];
+            frugal_kernels::dequantize_rows(ty, &bytes, &mut back, cols)
+                .map_err(|e| format!("{name}: {e}"))?;
+            (bytes, back)
+        } else if let GgmlType::Frugal(
+            st @ (FrugalType::SparseQ8 { .. } | FrugalType::Sparse24Q8),
+        ) = ty
+        {
+            // Sparse int8: the method rounds into Q8_0, whose zero codes
+            // (the pruned weights) the sparse layout then leaves out.
+            let fmt = TypeFormat::new(GgmlType::Q8_0).expect("Q8_0 is a format");
+            let q8 = method
+                .quantize(w, rows, cols, &fmt, stats)
+                .map_err(|e| format!("{name}: {e}"))?;
+            let rb = ty
+                .row_bytes(cols as u64)
+                .ok_or_else(|| format!("{name}: rows of {cols} are not whole {ty} blocks"))?
+                as usize;
+            let qrb = q8.len() / rows.max(1);
+            let mut bytes = vec![0u8; rows * rb];
+            for (r, (o, q)) in bytes
+                .chunks_exact_mut(rb)
+                .zip(q8.chunks_exact(qrb))
+                .enumerate()
+            {
+                frugal_kernels::sparse::pack_q8_0_row(st, q, o).map_err(|e| {
+                    format!("{name}, row {r}: {e} (prune it first, to this pattern)")
+                })?;
+            }
+            let mut back = vec![0.0f32; rows * cols];
+            frugal_kernels::dequantize_rows(ty, &bytes, &mut back, cols)
+                .map_err(|e| format!("{name}: {e}"))?;
+            (bytes, back)
+        } else {
+            let fmt = TypeFormat::new(ty).map_err(|e| format!("{name}: {}", e.0))?;
+            let bytes = method
+                .quantize(w, rows, cols, &fmt, stats)
+                .map_err(|e| format!("{name}: {e}"))?;
+            let mut back = vec![0.0f32; rows * cols];
+            frugal_kernels::dequantize_rows(fmt.ty(), &bytes, &mut back, cols)
+                .map_err(|e| format!("{name}: {e}"))?;
+            (bytes, back)
+        };
+        if block {
+            self.zeros.0 += back.iter().filter(|&&v| v == 0.0).count();
+            self.zeros.1 += back.len();
+        }
         self.out.push(QTensor {
             name: name.to_string(),
-            ty: fmt.ty(),
+            ty,
             dims: dims.to_vec(),
             bytes,
         });
@@ -175,9 +255,15 @@ pub fn quantize_model(
     progress: Progress,
 ) -> Result<Quantized, String> {
     let method = opts.method;
-    let calibrate = method.needs_calibration() || !opts.scaling.is_none();
+    let prune_calib = opts
+        .prune
+        .is_some_and(|p| p.sparsity.criterion.needs_calibration());
+    let calibrate = method.needs_calibration() || !opts.scaling.is_none() || prune_calib;
     if calibrate && opts.calib.is_none() {
-        let name = opts.scaling.name().unwrap_or_else(|| method.name());
+        let name = match opts.prune {
+            Some(p) if prune_calib => p.sparsity.criterion.name().to_string(),
+            _ => opts.scaling.name().unwrap_or_else(|| method.name()),
+        };
         return Err(format!("{name} needs calibration text: pass --calib FILE"));
     }
     let n_layer = model.config.n_layer;
@@ -185,6 +271,7 @@ pub fn quantize_model(
         opts,
         out: Vec::new(),
         notes: Vec::new(),
+        zeros: (0, 0),
     };
     let rtn = super::Rtn;
 
@@ -192,7 +279,15 @@ pub fn quantize_model(
     let tied = model.weights.tied_output;
     let embd = tensor(src, "token_embd.weight")?;
     let embd_ty = if tied { opts.output_ty } else { opts.embd_ty };
-    run.matrix(&embd.name, &to_f32(embd)?, &embd.dims, embd_ty, &rtn, None)?;
+    run.matrix(
+        &embd.name,
+        &to_f32(embd)?,
+        &embd.dims,
+        embd_ty,
+        &rtn,
+        None,
+        false,
+    )?;
     if let Some(out) = src.tensor("output.weight") {
         run.matrix(
             &out.name,
@@ -201,6 +296,7 @@ pub fn quantize_model(
             run.opts.output_ty,
             &rtn,
             None,
+            false,
         )?;
     }
     progress(0, n_layer, "layers");
@@ -269,7 +365,7 @@ pub fn quantize_model(
                         let dims = &tensor(src, name)?.dims;
                         let wk = std::mem::take(slot(w, k));
                         let ty = run.opts.type_of(name);
-                        *slot(w, k) = run.matrix(name, &wk, dims, ty, method, Some(st))?;
+                        *slot(w, k) = run.matrix(name, &wk, dims, ty, method, Some(st), true)?;
                     }
                     Ok(())
                 };
@@ -294,7 +390,7 @@ pub fn quantize_model(
                 for (k, (name, _)) in mats.iter().enumerate() {
                     let dims = &tensor(src, name)?.dims;
                     let wk = std::mem::take(slot(&mut w, k));
-                    run.matrix(name, &wk, dims, run.opts.type_of(name), method, None)?;
+                    run.matrix(name, &wk, dims, run.opts.type_of(name), method, None, true)?;
                 }
             }
         }
@@ -306,6 +402,7 @@ pub fn quantize_model(
     Ok(Quantized {
         tensors: run.out,
         notes: run.notes,
+        zeros: run.zeros,
     })
 }
 

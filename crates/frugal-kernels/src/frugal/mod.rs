@@ -145,6 +145,9 @@ fn pick(isa: Isa, impls: &[(&'static str, VecDot)]) -> (VecDot, &'static str) {
 /// Adds every [`FrugalType`] to the traits table.
 pub fn register(isa: Isa, table: &mut Vec<TypeTraits>) {
     for &t in FrugalType::all() {
+        if matches!(t, FrugalType::SparseQ8 { .. } | FrugalType::Sparse24Q8) {
+            continue; // see crate::sparse
+        }
         let ty = GgmlType::Frugal(t);
         let impls = dot_impls(ty);
         let (vec_dot, isa_name) = pick(isa, &impls);

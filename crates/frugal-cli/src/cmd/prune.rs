@@ -1,0 +1,238 @@
+//! `frugal prune`: zero a fraction of every block matrix's weights, by
+//! magnitude, Wanda or SparseGPT, unstructured or N:M; optionally round the
+//! rest into a quantized type in the same pass.
+
+use super::quantize::{calibration, check_writable, parse_type, write_result};
+use crate::common::{progress_bar, resolve_model};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::ValueEnum;
+use frugal_compress::prune::{Criterion, Pattern, Sparsity};
+use frugal_compress::quant::gptq::ObsMask;
+use frugal_compress::quant::pipeline::{quantize_model, Prune, QuantizeOptions};
+use frugal_compress::quant::scales::Scaling;
+use frugal_compress::quant::{Gptq, Method, Rtn};
+use frugal_formats::{FrugalType, GgmlType, MetaValue};
+use frugal_model::load::load_source;
+use frugal_model::Model;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CriterionArg {
+    /// |W|: no calibration, and the worst of the three.
+    Magnitude,
+    /// Wanda: |W| times the norm of the weight's input channel on calibration text. Needs --calib.
+    Wanda,
+    /// SparseGPT: prunes the weights whose loss costs least under the calibration Hessian and
+    /// updates the rest to make up for them (a GPTQ-style sweep). Needs --calib.
+    Sparsegpt,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "\
+Each output row keeps the same number of weights (the lowest-scoring ones of the row are pruned), \
+the token embedding and the output matrix are not pruned.
+
+With a quantized --type the kept weights are rounded after pruning (round to nearest, or --gptq: \
+GPTQ holding the zeros; with --method sparsegpt, pruning and GPTQ share one sweep).
+
+Calibrate on text that is not your evaluation text, e.g. wikitext-2 valid.txt when you evaluate on \
+wiki.test.raw.
+
+Examples:
+  frugal prune -m model-f32.gguf -o mag50.gguf --method magnitude --sparsity 0.5
+  frugal prune -m model-f32.gguf -o wanda24.gguf --method wanda --pattern 2:4 --calib valid.txt
+  frugal prune -m model-f32.gguf -o sgpt50-q8.gguf --method sparsegpt --type Q8_0 --gptq --calib valid.txt")]
+pub struct Args {
+    /// Model to prune (path or known name). A float model gives the best results.
+    #[arg(short, long)]
+    pub model: String,
+    /// Output GGUF file (written under a temporary name, then renamed).
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// How weights are scored.
+    #[arg(long, value_enum, default_value = "wanda")]
+    pub method: CriterionArg,
+    /// Fraction of each row's weights to prune, in (0, 1).
+    #[arg(long, default_value = "0.5", conflicts_with = "pattern")]
+    pub sparsity: f32,
+    /// Semi-structured N:M instead: keep N of every M consecutive weights (2:4, 4:8).
+    #[arg(long, value_name = "N:M")]
+    pub pattern: Option<String>,
+    /// Storage type of the block matrices: F32, F16, BF16 (pruning only); `sparse` for frugal's
+    /// sparse int8 types, which store only the kept weights (SQ8_2of4 for 2:4, else
+    /// SQ8_{K}of64 with room for the pattern's K of every 64: 5.5 bits per weight at 50%, and
+    /// faster to decode); or a dense quantized type (Q8_0, Q4_K, FQ4a_g64, ...).
+    #[arg(long = "type", default_value = "F32")]
+    pub ty: String,
+    /// Round with GPTQ instead of round to nearest (a quantized --type; needs --calib).
+    #[arg(long)]
+    pub gptq: bool,
+    /// Type of the output matrix (and of the embedding when tied). Default: unchanged for a float
+    /// --type, else Q6_K (Q8_0 for 8-bit types).
+    #[arg(long)]
+    pub output_type: Option<String>,
+    /// Calibration text file (for wanda, sparsegpt and --gptq).
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    /// Calibration tokens in all.
+    #[arg(long, default_value = "65536")]
+    pub calib_tokens: usize,
+    /// Tokens per calibration sequence.
+    #[arg(long, default_value = "512")]
+    pub calib_ctx: usize,
+    /// SparseGPT and GPTQ: damping, as a fraction of the Hessian's mean diagonal.
+    #[arg(long, default_value = "0.01")]
+    pub damp: f32,
+    /// Threads (default: all cores).
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let pattern = match &a.pattern {
+        Some(p) => {
+            if !p.contains(':') {
+                bail!("--pattern {p}: give N:M, e.g. 2:4 (for a fraction use --sparsity)");
+            }
+            Pattern::parse(p).map_err(|e| anyhow!("--pattern: {e}"))?
+        }
+        None => Pattern::parse(&a.sparsity.to_string()).map_err(|e| anyhow!("--sparsity: {e}"))?,
+    };
+    let criterion = match a.method {
+        CriterionArg::Magnitude => Criterion::Magnitude,
+        CriterionArg::Wanda => Criterion::Wanda,
+        CriterionArg::Sparsegpt => Criterion::SparseGpt,
+    };
+    if !(0.0..1.0).contains(&a.damp) {
+        bail!("--damp {}: use a fraction in [0, 1)", a.damp);
+    }
+    let ty = if a.ty.eq_ignore_ascii_case("sparse") {
+        match pattern {
+            Pattern::NM { n: 2, m: 4 } => GgmlType::Frugal(FrugalType::Sparse24Q8),
+            p => {
+                let keep = (64.0 * (1.0 - p.ratio() as f64)).ceil().clamp(1.0, 63.0) as u8;
+                GgmlType::Frugal(FrugalType::SparseQ8 { keep })
+            }
+        }
+    } else {
+        parse_type(&a.ty)?
+    };
+    if a.gptq && ty.is_float() {
+        bail!("--gptq rounds into a quantized --type (Q8_0, Q4_K, ...), not {ty}");
+    }
+    let sparsity = Sparsity {
+        damp: a.damp,
+        ..Sparsity::new(criterion, pattern)
+    };
+    let joint = a.gptq && criterion == Criterion::SparseGpt;
+    let method: Box<dyn Method> = if a.gptq {
+        Box::new(Gptq {
+            damp: a.damp,
+            mask: if joint {
+                ObsMask::Select(pattern)
+            } else {
+                ObsMask::KeepZeros
+            },
+            ..Gptq::default()
+        })
+    } else {
+        Box::new(Rtn)
+    };
+    if (criterion.needs_calibration() || a.gptq) && a.calib.is_none() {
+        let what = if a.gptq && !criterion.needs_calibration() {
+            "--gptq".to_string()
+        } else {
+            format!("--method {}", criterion.name())
+        };
+        bail!("{what} needs calibration text: --calib FILE");
+    }
+    check_writable(&a.out)?;
+
+    let path = resolve_model(&a.model, a.quiet)?;
+    let (src, _) = load_source(&path).with_context(|| format!("reading {}", path.display()))?;
+    let model = Model::from_source(&src)?;
+    let c = &model.config;
+    for cols in [c.n_embd, c.n_head * c.head_dim, c.n_ff] {
+        pattern
+            .check_cols(cols)
+            .map_err(|e| anyhow!("--pattern: {e}"))?;
+    }
+    let sparse = matches!(
+        ty,
+        GgmlType::Frugal(FrugalType::SparseQ8 { .. } | FrugalType::Sparse24Q8)
+    );
+    let source_ty = |name: &str| src.tensor(name).map(|t| t.ty);
+    let output_ty = match &a.output_type {
+        Some(t) => parse_type(t)?,
+        None if ty.is_float() => source_ty("output.weight")
+            .or(source_ty("token_embd.weight"))
+            .unwrap_or(GgmlType::F32),
+        None if ty == GgmlType::Q8_0 || sparse => GgmlType::Q8_0,
+        None => GgmlType::Q6K,
+    };
+    let embd_ty = if ty.is_float() {
+        source_ty("token_embd.weight").unwrap_or(GgmlType::F32)
+    } else if sparse {
+        GgmlType::Q8_0
+    } else {
+        ty
+    };
+    let calib = match &a.calib {
+        Some(p) if criterion.needs_calibration() || a.gptq => Some(calibration(
+            &src,
+            &model,
+            p,
+            a.calib_tokens,
+            a.calib_ctx,
+            a.quiet,
+        )?),
+        _ => None,
+    };
+
+    let t0 = Instant::now();
+    let pb = progress_bar(model.config.n_layer as u64, a.quiet, "pruning layers");
+    let opts = QuantizeOptions {
+        method: method.as_ref(),
+        ty,
+        embd_ty,
+        output_ty,
+        calib: calib.as_ref(),
+        tensor_types: Default::default(),
+        scaling: Scaling::None,
+        prune: Some(Prune {
+            sparsity,
+            by_method: joint,
+        }),
+    };
+    let q = quantize_model(&src, &model, &opts, &mut |done, _, _| {
+        pb.set_position(done as u64)
+    })
+    .map_err(|e| anyhow!(e))?;
+    pb.finish_and_clear();
+    let what = format!("{}({pattern})+{}", criterion.name(), method.name());
+    let meta = vec![
+        (
+            "frugal.prune.method",
+            MetaValue::String(criterion.name().into()),
+        ),
+        (
+            "frugal.prune.pattern",
+            MetaValue::String(pattern.to_string()),
+        ),
+        ("frugal.quantize.method", MetaValue::String(what.clone())),
+    ];
+    let bytes = write_result(&src, &q, ty, meta, &a.out, a.quiet)?;
+    let (z, n) = q.zeros;
+    eprintln!(
+        "wrote {} ({:.1} MB) with {what} into {ty} in {:.1} s: {:.1}% of the block weights are zero",
+        a.out.display(),
+        bytes as f64 / 1e6,
+        t0.elapsed().as_secs_f64(),
+        100.0 * z as f64 / n.max(1) as f64
+    );
+    Ok(())
+}
