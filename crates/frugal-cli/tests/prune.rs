@@ -6,23 +6,8 @@ mod quantize_common;
 
 use frugal_formats::{FrugalType, GgmlType};
 use frugal_model::load::load_source;
-use quantize_common::{fails, ok, ppl};
-use std::path::{Path, PathBuf};
-
-fn smollm2_f32(dir: &Path) -> PathBuf {
-    let q41 = frugal_fetch::fetch("smollm2-135m").unwrap();
-    let out = dir.join("smol-f32.gguf");
-    ok(&[
-        "convert",
-        "-m",
-        q41.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--type",
-        "f32",
-    ]);
-    out
-}
+use quantize_common::{fails, ok, ppl, smollm2_f32};
+use std::path::Path;
 
 /// For every block matrix of `file`: its rows' zero counts, checked by `check`.
 fn each_block_row(file: &Path, check: impl Fn(&str, &[f32])) -> usize {

@@ -6,24 +6,7 @@ mod quantize_common;
 
 use frugal_formats::GgmlType;
 use frugal_model::load::load_source;
-use quantize_common::{fails, ok, ppl};
-use std::path::Path;
-
-/// An F32 copy of SmolLM2 (the quantizer's usual input).
-fn smollm2_f32(dir: &Path) -> std::path::PathBuf {
-    let q41 = frugal_fetch::fetch("smollm2-135m").unwrap();
-    let out = dir.join("smol-f32.gguf");
-    ok(&[
-        "convert",
-        "-m",
-        q41.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--type",
-        "f32",
-    ]);
-    out
-}
+use quantize_common::{fails, ok, ppl, smollm2_f32};
 
 #[test]
 fn rtn_writes_the_reference_quantizers_bytes_and_gptq_beats_it_at_3_bits() {

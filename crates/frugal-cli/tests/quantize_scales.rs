@@ -6,7 +6,7 @@ mod quantize_common;
 
 use frugal_formats::{FrugalType, GgmlType, MetaValue};
 use frugal_model::load::load_source;
-use quantize_common::{fails, ok, ppl};
+use quantize_common::{fails, ok, ppl, smollm2_f32};
 
 #[test]
 fn scaling_methods_check_their_arguments() {
@@ -47,18 +47,8 @@ fn scaling_methods_check_their_arguments() {
 #[test]
 fn awq_beats_rtn_at_3_bits_and_smoothquant_w8a8_stays_near_f32() {
     let dir = tempfile::tempdir().unwrap();
-    let q41 = frugal_fetch::fetch("smollm2-135m").unwrap();
-    let f32_path = dir.path().join("smol-f32.gguf");
+    let f32_path = smollm2_f32(dir.path());
     let f32s = f32_path.to_str().unwrap();
-    ok(&[
-        "convert",
-        "-m",
-        q41.to_str().unwrap(),
-        "-o",
-        f32s,
-        "--type",
-        "f32",
-    ]);
     let calib = common::shared().join("data/wikitext-2/valid.txt");
     let calib = calib.to_str().unwrap();
     let quantize = |name: &str, extra: &[&str]| -> std::path::PathBuf {

@@ -100,7 +100,11 @@ pub fn run(a: Args) -> Result<()> {
             }
             Pattern::parse(p).map_err(|e| anyhow!("--pattern: {e}"))?
         }
-        None => Pattern::parse(&a.sparsity.to_string()).map_err(|e| anyhow!("--sparsity: {e}"))?,
+        None => {
+            let p = Pattern::Unstructured(a.sparsity);
+            p.validate().map_err(|e| anyhow!("--sparsity: {e}"))?;
+            p
+        }
     };
     let criterion = match a.method {
         CriterionArg::Magnitude => Criterion::Magnitude,

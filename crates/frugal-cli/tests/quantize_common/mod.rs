@@ -1,7 +1,7 @@
 //! Helpers of the `frugal quantize` tests: run the binary, expect success
 //! or a named error, measure perplexity.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn frugal(args: &[&str]) -> Output {
@@ -41,4 +41,21 @@ pub fn ppl(model: &Path, chunks: &str) -> f64 {
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["ppl"].as_f64().unwrap()
+}
+
+/// An F32 copy of SmolLM2 (fetched on first use) in `dir`: the quantizer's
+/// and the pruner's usual input.
+pub fn smollm2_f32(dir: &Path) -> PathBuf {
+    let q41 = frugal_fetch::fetch("smollm2-135m").unwrap();
+    let out = dir.join("smol-f32.gguf");
+    ok(&[
+        "convert",
+        "-m",
+        q41.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--type",
+        "f32",
+    ]);
+    out
 }

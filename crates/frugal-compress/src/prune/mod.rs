@@ -234,10 +234,5 @@ impl Sparsity {
     }
 }
 
-/// The fraction of exact zeros in `w`.
-pub fn zero_fraction(w: &[f32]) -> f64 {
-    w.iter().filter(|&&x| x == 0.0).count() as f64 / w.len().max(1) as f64
-}
-
 #[cfg(test)]
 mod tests;

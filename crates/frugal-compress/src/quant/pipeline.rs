@@ -180,7 +180,7 @@ impl Run<'_> {
                 "{name}: rows of {cols} are not whole {want} blocks; used {ty}"
             ));
         }
-        let (bytes, back) = if ty.is_float() {
+        let bytes = if ty.is_float() {
             // Floats take the values as they are (pruning alone).
             let from_float = frugal_kernels::traits(ty)
                 .and_then(|t| t.from_float)
@@ -190,10 +190,7 @@ impl Run<'_> {
             for (o, x) in bytes.chunks_exact_mut(rb).zip(w.chunks_exact(cols)) {
                 from_float(x, o);
             }
-            let mut back = vec![0.0f32; rows * cols];
-            frugal_kernels::dequantize_rows(ty, &bytes, &mut back, cols)
-                .map_err(|e| format!("{name}: {e}"))?;
-            (bytes, back)
+            bytes
         } else if let GgmlType::Frugal(
             st @ (FrugalType::SparseQ8 { .. } | FrugalType::Sparse24Q8),
         ) = ty
@@ -219,20 +216,16 @@ impl Run<'_> {
                     format!("{name}, row {r}: {e} (prune it first, to this pattern)")
                 })?;
             }
-            let mut back = vec![0.0f32; rows * cols];
-            frugal_kernels::dequantize_rows(ty, &bytes, &mut back, cols)
-                .map_err(|e| format!("{name}: {e}"))?;
-            (bytes, back)
+            bytes
         } else {
             let fmt = TypeFormat::new(ty).map_err(|e| format!("{name}: {}", e.0))?;
-            let bytes = method
+            method
                 .quantize(w, rows, cols, &fmt, stats)
-                .map_err(|e| format!("{name}: {e}"))?;
-            let mut back = vec![0.0f32; rows * cols];
-            frugal_kernels::dequantize_rows(fmt.ty(), &bytes, &mut back, cols)
-                .map_err(|e| format!("{name}: {e}"))?;
-            (bytes, back)
+                .map_err(|e| format!("{name}: {e}"))?
         };
+        let mut back = vec![0.0f32; rows * cols];
+        frugal_kernels::dequantize_rows(ty, &bytes, &mut back, cols)
+            .map_err(|e| format!("{name}: {e}"))?;
         if block {
             self.zeros.0 += back.iter().filter(|&&v| v == 0.0).count();
             self.zeros.1 += back.len();

@@ -3,6 +3,7 @@
 //! layouts). Activations are Q8_0 blocks (f16 scale, 32 i8 codes).
 
 use crate::legacy::blocks::QK;
+use crate::legacy::scalar::quantize_q8_0_ref;
 use half::f16;
 
 /// Bytes of a block header of `SparseQ8`: u32 bitmap, f16 scale.
@@ -91,17 +92,6 @@ pub fn dequantize_s24(src: &[u8], dst: &mut [f32]) {
     }
 }
 
-/// The f16 scale and i8 codes of a block of 32 (as Q8_0 rounds them).
-fn round_block(x: &[f32], codes: &mut [i8; QK]) -> f16 {
-    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-    for (c, v) in codes.iter_mut().zip(x) {
-        *c = (v * id).round() as i8;
-    }
-    f16::from_f32(d)
-}
-
 /// Keeps the `keep` largest |x| of `x` (ties: the earlier) and zeroes the rest.
 fn keep_largest(x: &mut [f32], keep: usize) {
     if keep >= x.len() {
@@ -117,39 +107,27 @@ fn keep_largest(x: &mut [f32], keep: usize) {
 /// Reference quantizer of `SparseQ8`: one row of `src.len()` weights into
 /// `dst` (its size sets the row's capacity). When the row has more nonzero
 /// weights than fit, the smallest are pruned (magnitude pruning); the rest
-/// are rounded as Q8_0 rounds them.
+/// are rounded by Q8_0's reference quantizer.
 pub fn quantize_sparse(src: &[f32], dst: &mut [u8]) {
     let n = src.len();
     let cap = sparse_capacity(n, dst.len());
     let mut x = src.to_vec();
     keep_largest(&mut x, cap);
     let mut q = vec![0u8; n / QK * A_BLOCK];
-    for (b, o) in x.chunks_exact(QK).zip(q.chunks_exact_mut(A_BLOCK)) {
-        let mut c = [0i8; QK];
-        let d = round_block(b, &mut c);
-        o[..2].copy_from_slice(&d.to_le_bytes());
-        for (o, c) in o[2..].iter_mut().zip(c) {
-            *o = c as u8;
-        }
-    }
+    quantize_q8_0_ref(&x, &mut q);
     pack_sparse(&q, dst).expect("pruned to capacity");
 }
 
 /// Reference quantizer of `Sparse24Q8`: in every group of 4 the two
-/// largest |x| are kept (ties: the earlier), rounded as Q8_0 rounds them.
+/// largest |x| are kept (ties: the earlier), rounded by Q8_0's reference quantizer.
 pub fn quantize_s24(src: &[f32], dst: &mut [u8]) {
     for (x, o) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(S24_BLOCK)) {
         let mut x: [f32; QK] = x.try_into().expect("a block");
         for g in x.chunks_exact_mut(4) {
             keep_largest(g, 2);
         }
-        let mut c = [0i8; QK];
-        let d = round_block(&x, &mut c);
         let mut q = [0u8; A_BLOCK];
-        q[..2].copy_from_slice(&d.to_le_bytes());
-        for (o, c) in q[2..].iter_mut().zip(c) {
-            *o = c as u8;
-        }
+        quantize_q8_0_ref(&x, &mut q);
         pack_s24(&q, o).expect("two kept per group");
     }
 }
