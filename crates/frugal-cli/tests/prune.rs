@@ -187,6 +187,85 @@ fn pruned_rows_keep_their_share_and_calibrated_criteria_beat_magnitude() {
 }
 
 #[test]
+fn structured_pruning_shrinks_the_shapes_and_refit_beats_magnitude() {
+    let dir = tempfile::tempdir().unwrap();
+    let f32_path = smollm2_f32(dir.path());
+    let m = f32_path.to_str().unwrap().to_string();
+    let calib = common::shared().join("data/wikitext-2/valid.txt");
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(format!("{name}.gguf"));
+        let mut args = vec![
+            "prune",
+            "-q",
+            "-m",
+            &m,
+            "-o",
+            out.to_str().unwrap(),
+            "--calib",
+            calib.to_str().unwrap(),
+            "--calib-tokens",
+            "4096",
+        ];
+        args.extend_from_slice(extra);
+        ok(&args);
+        out
+    };
+    let mag = run("mag", &["--method", "magnitude", "--shrink", "0.2"]);
+    let refit = run("refit", &["--method", "sparsegpt", "--shrink", "0.2"]);
+    let blocks = run(
+        "blocks",
+        &["--method", "wanda", "--layers", "3", "--heads", "3"],
+    );
+
+    let model = |p: &Path| {
+        let (src, _) = load_source(p).unwrap();
+        frugal_model::Model::from_source(&src).unwrap().config
+    };
+    let base = model(&f32_path);
+    for p in [&mag, &refit] {
+        let c = model(p);
+        // 20% of the model is 25% of its blocks: no head of a GQA group of
+        // 3 (0.75 rounds down); the FFN gives it all.
+        assert_eq!((c.n_layer, c.n_head, c.n_head_kv), (30, 9, 3));
+        assert_eq!(c.head_dim, 64);
+        assert_eq!(c.n_ff % 32, 0);
+        assert!(c.n_ff < base.n_ff);
+        // A fifth of the 135 M parameters, of 4 bytes each.
+        let (before, after) = (
+            std::fs::metadata(&f32_path).unwrap().len() as f64,
+            std::fs::metadata(p).unwrap().len() as f64,
+        );
+        let saved = (before - after) / before;
+        assert!((saved - 0.2).abs() < 0.01, "saved {saved} of the file");
+    }
+    let c = model(&blocks);
+    assert_eq!((c.n_layer, c.n_head, c.n_ff), (27, 6, base.n_ff));
+    let (src, _) = load_source(&blocks).unwrap();
+    let removed = src
+        .metadata
+        .get("frugal.prune.removed_blocks")
+        .and_then(|v| v.as_array())
+        .unwrap()
+        .len();
+    assert_eq!(removed, 3);
+
+    let chunks = "4";
+    let (p_base, p_mag, p_refit, p_blocks) = (
+        ppl(&f32_path, chunks),
+        ppl(&mag, chunks),
+        ppl(&refit, chunks),
+        ppl(&blocks, chunks),
+    );
+    eprintln!("ppl base {p_base:.2} magnitude 20% {p_mag:.2} refit 20% {p_refit:.2} 3 blocks + 3 heads {p_blocks:.2}");
+    assert!(p_refit > p_base);
+    assert!(
+        p_refit < 0.2 * p_mag,
+        "refit {p_refit} vs magnitude {p_mag}"
+    );
+    assert!(p_blocks.is_finite() && p_blocks > p_base);
+}
+
+#[test]
 fn bad_input_gets_a_clear_error_and_no_file() {
     let dir = tempfile::tempdir().unwrap();
     let q41 = frugal_fetch::fetch("smollm2-135m").unwrap();
@@ -212,6 +291,22 @@ fn bad_input_gets_a_clear_error_and_no_file() {
     fails(
         &["prune", "-m", m, "-o", o, "--method", "wanda"],
         "needs calibration text",
+    );
+    // Structured: SmolLM2 has 9 query heads per block in 3 GQA groups, 30 blocks.
+    fails(&with(&["--heads", "9"]), "the model has 9");
+    fails(&with(&["--heads", "12"]), "the model has 9");
+    fails(&with(&["--heads", "2"]), "multiple of 3");
+    fails(&with(&["--shrink", "1.5"]), "(0, 1)");
+    fails(&with(&["--ffn", "0"]), "(0, 1)");
+    fails(&with(&["--shrink", "0.2", "--type", "Q8_0"]), "float model");
+    fails(&with(&["--layers", "2"]), "needs calibration text");
+    fails(
+        &["prune", "-m", m, "-o", o, "--layers", "30", "--calib", c],
+        "the model has 30",
+    );
+    fails(
+        &with(&["--shrink", "0.2", "--pattern", "2:4"]),
+        "cannot be used with",
     );
     fails(
         &[

@@ -1,16 +1,19 @@
 //! `frugal prune`: zero a fraction of every block matrix's weights, by
 //! magnitude, Wanda or SparseGPT, unstructured or N:M; optionally round the
-//! rest into a quantized type in the same pass.
+//! rest into a quantized type in the same pass. Or, structured: remove
+//! whole heads, FFN channels and blocks, for a smaller dense model.
 
-use super::quantize::{calibration, check_writable, parse_type, write_result};
+use super::quantize::{calibration, check_writable, file_type, parse_type, write_result};
 use crate::common::{progress_bar, resolve_model};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
+use frugal_compress::prune::structured::{prune_structured, Scoring, Spec};
 use frugal_compress::prune::{Criterion, Pattern, Sparsity};
 use frugal_compress::quant::gptq::ObsMask;
 use frugal_compress::quant::pipeline::{quantize_model, Prune, QuantizeOptions};
 use frugal_compress::quant::scales::Scaling;
 use frugal_compress::quant::{Gptq, Method, Rtn};
+use frugal_formats::gguf::GgufWriter;
 use frugal_formats::{FrugalType, GgmlType, MetaValue};
 use frugal_model::load::load_source;
 use frugal_model::Model;
@@ -36,13 +39,21 @@ the token embedding and the output matrix are not pruned.
 With a quantized --type the kept weights are rounded after pruning (round to nearest, or --gptq: \
 GPTQ holding the zeros; with --method sparsegpt, pruning and GPTQ share one sweep).
 
+Structured pruning (--shrink, --heads, --ffn, --layers) removes whole query heads (the same number \
+from each GQA group), FFN channels and blocks: every block keeps the same number of heads and \
+channels, chosen by --method: magnitude (weight norms), wanda (their output's energy on calibration \
+text) or sparsegpt (the same, then the kept weights of O and down are refitted by least squares to \
+make up for the removed ones). Blocks go by their influence on calibration text. The result is a \
+smaller dense GGUF that llama.cpp loads; quantize it afterwards.
+
 Calibrate on text that is not your evaluation text, e.g. wikitext-2 valid.txt when you evaluate on \
 wiki.test.raw.
 
 Examples:
   frugal prune -m model-f32.gguf -o mag50.gguf --method magnitude --sparsity 0.5
   frugal prune -m model-f32.gguf -o wanda24.gguf --method wanda --pattern 2:4 --calib valid.txt
-  frugal prune -m model-f32.gguf -o sgpt50-q8.gguf --method sparsegpt --type Q8_0 --gptq --calib valid.txt")]
+  frugal prune -m model-f32.gguf -o sgpt50-q8.gguf --method sparsegpt --type Q8_0 --gptq --calib valid.txt
+  frugal prune -m model-f32.gguf -o small.gguf --method sparsegpt --shrink 0.2 --calib valid.txt")]
 pub struct Args {
     /// Model to prune (path or known name). A float model gives the best results.
     #[arg(short, long)]
@@ -81,6 +92,24 @@ pub struct Args {
     /// Tokens per calibration sequence.
     #[arg(long, default_value = "512")]
     pub calib_ctx: usize,
+    /// Structured: remove this fraction of the model's parameters (all of them, as LLM-Pruner
+    /// counts; the embedding and output stay, so the blocks lose more): after any --layers, whole
+    /// query heads (the blocks' share of each GQA group, rounded down; or --heads), then FFN
+    /// channels for the rest.
+    #[arg(long, value_name = "R", conflicts_with_all = ["pattern", "sparsity", "ffn"])]
+    pub shrink: Option<f64>,
+    /// Structured: query heads to remove from every block, a multiple of the K/V heads (each GQA
+    /// group loses the same number).
+    #[arg(long, value_name = "N", conflicts_with_all = ["pattern", "sparsity"])]
+    pub heads: Option<usize>,
+    /// Structured: fraction of the FFN channels to remove from every block, in (0, 1) (the kept
+    /// width is rounded to a multiple of 32).
+    #[arg(long, value_name = "F", conflicts_with_all = ["pattern", "sparsity"])]
+    pub ffn: Option<f64>,
+    /// Structured: whole blocks to remove, the least influential on the calibration text (needs
+    /// --calib).
+    #[arg(long, value_name = "N", conflicts_with_all = ["pattern", "sparsity"])]
+    pub layers: Option<usize>,
     /// SparseGPT and GPTQ: damping, as a fraction of the Hessian's mean diagonal.
     #[arg(long, default_value = "0.01")]
     pub damp: f32,
@@ -93,6 +122,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.shrink.is_some() || a.heads.is_some() || a.ffn.is_some() || a.layers.is_some() {
+        return run_structured(a);
+    }
     let pattern = match &a.pattern {
         Some(p) => {
             if !p.contains(':') {
@@ -238,5 +270,160 @@ pub fn run(a: Args) -> Result<()> {
         t0.elapsed().as_secs_f64(),
         100.0 * z as f64 / n.max(1) as f64
     );
+    Ok(())
+}
+
+/// Structured pruning: heads, FFN channels and blocks removed, shapes shrunk.
+fn run_structured(a: Args) -> Result<()> {
+    let scoring = match a.method {
+        CriterionArg::Magnitude => Scoring::Magnitude,
+        CriterionArg::Wanda => Scoring::Activation,
+        CriterionArg::Sparsegpt => Scoring::ActivationRefit { damp: a.damp },
+    };
+    if !(0.0..1.0).contains(&a.damp) {
+        bail!("--damp {}: use a fraction in [0, 1)", a.damp);
+    }
+    let ty = parse_type(&a.ty)?;
+    if !ty.is_float() || a.gptq {
+        bail!(
+            "structured pruning writes a float model (--type F32, F16 or BF16): \
+             quantize the result afterwards with frugal quantize"
+        );
+    }
+    if a.output_type.is_some() {
+        bail!(
+            "--output-type is for unstructured pruning: structured pruning keeps the output matrix"
+        );
+    }
+    if let Some(r) = a.shrink.filter(|r| !(*r > 0.0 && *r < 1.0)) {
+        bail!("--shrink {r}: give a fraction of the parameters in (0, 1)");
+    }
+    if let Some(f) = a.ffn.filter(|f| !(*f > 0.0 && *f < 1.0)) {
+        bail!("--ffn {f}: give a fraction of the channels in (0, 1)");
+    }
+    let layers = a.layers.unwrap_or(0);
+    if (scoring.needs_calibration() || layers > 0) && a.calib.is_none() {
+        let what = if layers > 0 {
+            "--layers".to_string()
+        } else {
+            format!(
+                "--method {}",
+                a.method.to_possible_value().unwrap().get_name()
+            )
+        };
+        bail!("{what} needs calibration text: --calib FILE");
+    }
+    check_writable(&a.out)?;
+
+    let path = resolve_model(&a.model, a.quiet)?;
+    let (src, _) = load_source(&path).with_context(|| format!("reading {}", path.display()))?;
+    let model = Model::from_source(&src)?;
+    let c = &model.config;
+    // Parameters outside the blocks (embedding, output, final norm): not
+    // pruned, but counted in --shrink's fraction, as LLM-Pruner counts.
+    let other_params: usize = src
+        .tensors
+        .iter()
+        .filter(|t| !t.name.starts_with("blk."))
+        .map(|t| t.n_elements())
+        .sum();
+    let spec = match a.shrink {
+        Some(r) => Spec::for_shrink(c, r, a.heads, layers, other_params),
+        None => {
+            let ffn = match a.ffn {
+                Some(f) => Spec::ffn_for_fraction(c, f).map_err(|e| anyhow!(e))?,
+                None => 0,
+            };
+            let s = Spec {
+                heads: a.heads.unwrap_or(0),
+                ffn,
+                layers,
+            };
+            s.check(c).map(|_| s)
+        }
+    }
+    .map_err(|e| anyhow!(e))?;
+    let calib = match &a.calib {
+        Some(p) if scoring.needs_calibration() || layers > 0 => Some(calibration(
+            &src,
+            &model,
+            p,
+            a.calib_tokens,
+            a.calib_ctx,
+            a.quiet,
+        )?),
+        _ => None,
+    };
+
+    let t0 = Instant::now();
+    let steps = c.n_layer * (1 + (layers > 0) as usize);
+    let pb = progress_bar(steps as u64, a.quiet, "pruning blocks");
+    let shrunk = prune_structured(
+        &model,
+        spec,
+        scoring,
+        calib.as_ref(),
+        &mut |done, _, what| {
+            pb.set_message(what.to_string());
+            pb.set_position(done as u64)
+        },
+    )
+    .map_err(|e| anyhow!(e))?;
+    pb.finish_and_clear();
+    let tensors = shrunk.block_tensors(&model, ty).map_err(|e| anyhow!(e))?;
+
+    let mut w = GgufWriter::new();
+    w.set_metadata(src.metadata.clone());
+    for (k, v) in shrunk.metadata(c) {
+        w.set_meta(k, v);
+    }
+    let method = format!(
+        "structured-{}",
+        a.method.to_possible_value().unwrap().get_name()
+    );
+    w.set_meta(
+        "general.file_type",
+        MetaValue::U32(file_type(ty).unwrap_or(0)),
+    );
+    w.set_meta("frugal.prune.method", MetaValue::String(method.clone()));
+    w.set_meta(
+        "frugal.prune.removed_blocks",
+        MetaValue::Array(
+            frugal_formats::MetaType::U32,
+            shrunk
+                .removed_blocks
+                .iter()
+                .map(|&b| MetaValue::U32(b as u32))
+                .collect(),
+        ),
+    );
+    for t in src.tensors.iter().filter(|t| !t.name.starts_with("blk.")) {
+        w.add(t)?;
+    }
+    for t in &tensors {
+        let dims = t.dims.iter().map(|&d| d as u64).collect();
+        w.add_tensor(t.name.clone(), t.ty, dims, t.bytes.as_slice())?;
+    }
+    w.write(&a.out)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    let bytes = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "wrote {} ({:.1} MB) in {:.1} s with {method}: {} of {} blocks, {} of {} heads and {} of {} \
+         FFN channels per block kept: {:.1}% of the parameters removed ({:.1}% of the blocks')",
+        a.out.display(),
+        bytes as f64 / 1e6,
+        t0.elapsed().as_secs_f64(),
+        shrunk.blocks.len(),
+        c.n_layer,
+        shrunk.n_head,
+        c.n_head,
+        shrunk.n_ff,
+        c.n_ff,
+        100.0 * spec.removed_fraction(c, other_params),
+        100.0 * spec.removed_fraction(c, 0)
+    );
+    if !shrunk.removed_blocks.is_empty() && !a.quiet {
+        eprintln!("removed blocks: {:?}", shrunk.removed_blocks);
+    }
     Ok(())
 }
