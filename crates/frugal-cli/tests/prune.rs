@@ -187,6 +187,41 @@ fn pruned_rows_keep_their_share_and_calibrated_criteria_beat_magnitude() {
 }
 
 #[test]
+fn each_block_gets_its_own_sparsity() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = frugal_fetch::fetch("smollm2-135m").unwrap();
+    let out = dir.path().join("blocks.gguf");
+    let ratios: Vec<String> = (0..30)
+        .map(|i| format!("{}", 0.3 + 0.01 * i as f32))
+        .collect();
+    let list = ratios.join(",");
+    ok(&[
+        "prune",
+        "-q",
+        "-m",
+        m.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--method",
+        "magnitude",
+        "--layer-sparsity",
+        &list,
+    ]);
+    let (src, _) = load_source(&out).unwrap();
+    for li in [0usize, 15, 29] {
+        let t = src.tensor(&format!("blk.{li}.ffn_up.weight")).unwrap();
+        let v = frugal_model::tensor_to_f32(t).unwrap();
+        let got = zeros(&v) as f32 / v.len() as f32;
+        let want = 0.3 + 0.01 * li as f32;
+        // Q4_1's own zeros add a little.
+        assert!(
+            got >= want - 1e-3 && got < want + 0.01,
+            "block {li}: {got} vs {want}"
+        );
+    }
+}
+
+#[test]
 fn structured_pruning_shrinks_the_shapes_and_refit_beats_magnitude() {
     let dir = tempfile::tempdir().unwrap();
     let f32_path = smollm2_f32(dir.path());
@@ -292,6 +327,13 @@ fn bad_input_gets_a_clear_error_and_no_file() {
         &["prune", "-m", m, "-o", o, "--method", "wanda"],
         "needs calibration text",
     );
+    fails(
+        &with(&["--layer-sparsity", "0.5,0.5"]),
+        "2 fractions for the model's 30 blocks",
+    );
+    fails(&with(&["--layer-sparsity", "1.5"]), "must be in (0, 1)");
+    fails(&with(&["--owl"]), "--owl needs calibration text");
+    fails(&with(&["--owl", "--pattern", "2:4"]), "cannot be used with");
     // Structured: SmolLM2 has 9 query heads per block in 3 GQA groups, 30 blocks.
     fails(&with(&["--heads", "9"]), "the model has 9");
     fails(&with(&["--heads", "12"]), "the model has 9");

@@ -7,6 +7,7 @@ use super::quantize::{calibration, check_writable, file_type, parse_type, write_
 use crate::common::{progress_bar, resolve_model};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
+use frugal_compress::prune::owl::{block_outliers, Owl};
 use frugal_compress::prune::structured::{prune_structured, Scoring, Spec};
 use frugal_compress::prune::{Criterion, Pattern, Sparsity};
 use frugal_compress::quant::gptq::ObsMask;
@@ -92,6 +93,20 @@ pub struct Args {
     /// Tokens per calibration sequence.
     #[arg(long, default_value = "512")]
     pub calib_ctx: usize,
+    /// OWL: give each block its own unstructured sparsity, lower where the block has more outlier
+    /// weights (Wanda scores above --owl-m times the mean), with the same mean as --sparsity.
+    /// Needs --calib.
+    #[arg(long, conflicts_with_all = ["pattern", "layer_sparsity"])]
+    pub owl: bool,
+    /// OWL: block sparsities span --sparsity ± this.
+    #[arg(long, default_value = "0.08", requires = "owl")]
+    pub owl_lambda: f32,
+    /// OWL: a weight is an outlier when its score is above this many times its matrix's mean.
+    #[arg(long, default_value = "5", requires = "owl")]
+    pub owl_m: f32,
+    /// Unstructured sparsity of each block, set by hand: one fraction per block, comma-separated.
+    #[arg(long, value_name = "LIST", conflicts_with_all = ["pattern", "sparsity"])]
+    pub layer_sparsity: Option<String>,
     /// Structured: remove this fraction of the model's parameters (all of them, as LLM-Pruner
     /// counts; the embedding and output stay, so the blocks lose more): after any --layers, whole
     /// query heads (the blocks' share of each GQA group, rounded down; or --heads), then FFN
@@ -149,10 +164,9 @@ pub fn run(a: Args) -> Result<()> {
     let ty = if a.ty.eq_ignore_ascii_case("sparse") {
         match pattern {
             Pattern::NM { n: 2, m: 4 } => GgmlType::Frugal(FrugalType::Sparse24Q8),
-            p => {
-                let keep = (64.0 * (1.0 - p.ratio() as f64)).ceil().clamp(1.0, 63.0) as u8;
-                GgmlType::Frugal(FrugalType::SparseQ8 { keep })
-            }
+            p => GgmlType::Frugal(FrugalType::SparseQ8 {
+                keep: sparse_keep(p.ratio()),
+            }),
         }
     } else {
         parse_type(&a.ty)?
@@ -178,6 +192,16 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         Box::new(Rtn)
     };
+    let per_block = a.owl || a.layer_sparsity.is_some();
+    if per_block && joint {
+        bail!(
+            "per-block sparsity (--owl, --layer-sparsity) with --method sparsegpt --gptq: \
+             prune into a float type first, then quantize"
+        );
+    }
+    if a.owl && a.calib.is_none() {
+        bail!("--owl needs calibration text: --calib FILE");
+    }
     if (criterion.needs_calibration() || a.gptq) && a.calib.is_none() {
         let what = if a.gptq && !criterion.needs_calibration() {
             "--gptq".to_string()
@@ -218,7 +242,7 @@ pub fn run(a: Args) -> Result<()> {
         ty
     };
     let calib = match &a.calib {
-        Some(p) if criterion.needs_calibration() || a.gptq => Some(calibration(
+        Some(p) if criterion.needs_calibration() || a.gptq || a.owl => Some(calibration(
             &src,
             &model,
             p,
@@ -230,6 +254,49 @@ pub fn run(a: Args) -> Result<()> {
     };
 
     let t0 = Instant::now();
+    let block_ratios = if a.owl {
+        let owl = Owl {
+            m: a.owl_m,
+            lambda: a.owl_lambda,
+        };
+        let fractions = block_outliers(&model, calib.as_ref().expect("checked above"), owl.m)
+            .map_err(|e| anyhow!(e))?;
+        Some(
+            owl.block_ratios(&fractions, pattern.ratio())
+                .map_err(|e| anyhow!(e))?,
+        )
+    } else if let Some(list) = &a.layer_sparsity {
+        Some(parse_block_ratios(list, model.config.n_layer)?)
+    } else {
+        None
+    };
+    // Sparse storage sized for each block's own ratio.
+    let mut tensor_types = std::collections::HashMap::new();
+    if let (Some(r), GgmlType::Frugal(FrugalType::SparseQ8 { .. })) = (&block_ratios, ty) {
+        for (li, &ratio) in r.iter().enumerate() {
+            let keep = sparse_keep(ratio);
+            for s in [
+                "attn_q",
+                "attn_k",
+                "attn_v",
+                "attn_output",
+                "ffn_gate",
+                "ffn_up",
+                "ffn_down",
+            ] {
+                tensor_types.insert(
+                    format!("blk.{li}.{s}.weight"),
+                    GgmlType::Frugal(FrugalType::SparseQ8 { keep }),
+                );
+            }
+        }
+    }
+    if let (Some(r), false) = (&block_ratios, a.quiet) {
+        let (lo, hi) = r
+            .iter()
+            .fold((1.0f32, 0.0f32), |(a, b), &x| (a.min(x), b.max(x)));
+        eprintln!("block sparsities from {lo:.3} to {hi:.3}");
+    }
     let pb = progress_bar(model.config.n_layer as u64, a.quiet, "pruning layers");
     let opts = QuantizeOptions {
         method: method.as_ref(),
@@ -237,11 +304,12 @@ pub fn run(a: Args) -> Result<()> {
         embd_ty,
         output_ty,
         calib: calib.as_ref(),
-        tensor_types: Default::default(),
+        tensor_types,
         scaling: Scaling::None,
         prune: Some(Prune {
             sparsity,
             by_method: joint,
+            block_ratios: block_ratios.clone(),
         }),
     };
     let q = quantize_model(&src, &model, &opts, &mut |done, _, _| {
@@ -249,18 +317,32 @@ pub fn run(a: Args) -> Result<()> {
     })
     .map_err(|e| anyhow!(e))?;
     pb.finish_and_clear();
-    let what = format!("{}({pattern})+{}", criterion.name(), method.name());
+    let shape = if a.owl {
+        format!("OWL, mean {pattern}")
+    } else if a.layer_sparsity.is_some() {
+        "per-block unstructured".to_string()
+    } else {
+        pattern.to_string()
+    };
+    let what = format!("{}({shape})+{}", criterion.name(), method.name());
     let meta = vec![
         (
             "frugal.prune.method",
             MetaValue::String(criterion.name().into()),
         ),
-        (
-            "frugal.prune.pattern",
-            MetaValue::String(pattern.to_string()),
-        ),
+        ("frugal.prune.pattern", MetaValue::String(shape.clone())),
         ("frugal.quantize.method", MetaValue::String(what.clone())),
     ];
+    let mut meta = meta;
+    if let Some(r) = &block_ratios {
+        meta.push((
+            "frugal.prune.block_ratios",
+            MetaValue::Array(
+                frugal_formats::MetaType::F32,
+                r.iter().map(|&x| MetaValue::F32(x)).collect(),
+            ),
+        ));
+    }
     let bytes = write_result(&src, &q, ty, meta, &a.out, a.quiet)?;
     let (z, n) = q.zeros;
     eprintln!(
@@ -271,6 +353,35 @@ pub fn run(a: Args) -> Result<()> {
         100.0 * z as f64 / n.max(1) as f64
     );
     Ok(())
+}
+
+/// Room in a sparse row for the weights a `ratio` pruning keeps, of every 64.
+fn sparse_keep(ratio: f32) -> u8 {
+    (64.0 * (1.0 - ratio as f64)).ceil().clamp(1.0, 63.0) as u8
+}
+
+/// `--layer-sparsity`: one fraction in (0, 1) per block.
+fn parse_block_ratios(list: &str, n_layer: usize) -> Result<Vec<f32>> {
+    let r = list
+        .split(',')
+        .map(|x| {
+            let v: f32 = x
+                .trim()
+                .parse()
+                .map_err(|_| anyhow!("--layer-sparsity: `{x}` is not a number"))?;
+            if !(v > 0.0 && v < 1.0) {
+                bail!("--layer-sparsity: {v} must be in (0, 1)");
+            }
+            Ok(v)
+        })
+        .collect::<Result<Vec<f32>>>()?;
+    if r.len() != n_layer {
+        bail!(
+            "--layer-sparsity gives {} fractions for the model's {n_layer} blocks",
+            r.len()
+        );
+    }
+    Ok(r)
 }
 
 /// Structured pruning: heads, FFN channels and blocks removed, shapes shrunk.

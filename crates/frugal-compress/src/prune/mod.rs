@@ -15,6 +15,7 @@
 //! that is what lets a sparse storage format give rows a fixed size. With
 //! an N:M pattern, every run of M consecutive weights of a row keeps N.
 
+pub mod owl;
 pub mod structured;
 
 use crate::quant::gptq::{self, ObsMask};

@@ -42,12 +42,28 @@ pub struct QuantizeOptions<'a> {
 }
 
 /// Pruning in the pipeline.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Prune {
     pub sparsity: Sparsity,
     /// The method prunes while it rounds (SparseGPT inside GPTQ's sweep,
     /// one Hessian pass for both); the pipeline then leaves the weights to it.
     pub by_method: bool,
+    /// Unstructured sparsity of each block, in place of the pattern's
+    /// uniform one (OWL, or set by hand).
+    pub block_ratios: Option<Vec<f32>>,
+}
+
+impl Prune {
+    /// The pruning of block `li`.
+    pub fn of_block(&self, li: usize) -> Sparsity {
+        match &self.block_ratios {
+            Some(r) => Sparsity {
+                pattern: crate::prune::Pattern::Unstructured(r[li]),
+                ..self.sparsity
+            },
+            None => self.sparsity,
+        }
+    }
 }
 
 impl QuantizeOptions<'_> {
@@ -149,7 +165,7 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// Quantizes `w` (a `rows × cols` matrix named `name`) with the method into
-    /// `want` (or its fallback), pruned first if `block` (a block matrix)
+    /// `want` (or its fallback), pruned first if it is a matrix of `block`
     /// and the options prune; returns the dequantized result.
     #[allow(clippy::too_many_arguments)]
     fn matrix(
@@ -160,14 +176,14 @@ impl Run<'_> {
         want: GgmlType,
         method: &dyn Method,
         stats: Option<&InputStats>,
-        block: bool,
+        block: Option<usize>,
     ) -> Result<Vec<f32>, String> {
         let (cols, rows) = (dims[0], dims[1..].iter().product::<usize>());
         let pruned;
-        let w = match self.opts.prune.filter(|_| block) {
-            Some(p) if !p.by_method => {
+        let w = match self.opts.prune.as_ref().zip(block) {
+            Some((p, li)) if !p.by_method => {
                 pruned = p
-                    .sparsity
+                    .of_block(li)
                     .prune(w, rows, cols, stats)
                     .map_err(|e| format!("{name}: {e}"))?;
                 &pruned[..]
@@ -226,7 +242,7 @@ impl Run<'_> {
         let mut back = vec![0.0f32; rows * cols];
         frugal_kernels::dequantize_rows(ty, &bytes, &mut back, cols)
             .map_err(|e| format!("{name}: {e}"))?;
-        if block {
+        if block.is_some() {
             self.zeros.0 += back.iter().filter(|&&v| v == 0.0).count();
             self.zeros.1 += back.len();
         }
@@ -250,16 +266,25 @@ pub fn quantize_model(
     let method = opts.method;
     let prune_calib = opts
         .prune
+        .as_ref()
         .is_some_and(|p| p.sparsity.criterion.needs_calibration());
     let calibrate = method.needs_calibration() || !opts.scaling.is_none() || prune_calib;
     if calibrate && opts.calib.is_none() {
-        let name = match opts.prune {
+        let name = match &opts.prune {
             Some(p) if prune_calib => p.sparsity.criterion.name().to_string(),
             _ => opts.scaling.name().unwrap_or_else(|| method.name()),
         };
         return Err(format!("{name} needs calibration text: pass --calib FILE"));
     }
     let n_layer = model.config.n_layer;
+    if let Some(r) = opts.prune.as_ref().and_then(|p| p.block_ratios.as_ref()) {
+        if r.len() != n_layer {
+            return Err(format!(
+                "{} block sparsities for the model's {n_layer} blocks",
+                r.len()
+            ));
+        }
+    }
     let mut run = Run {
         opts,
         out: Vec::new(),
@@ -279,7 +304,7 @@ pub fn quantize_model(
         embd_ty,
         &rtn,
         None,
-        false,
+        None,
     )?;
     if let Some(out) = src.tensor("output.weight") {
         run.matrix(
@@ -289,7 +314,7 @@ pub fn quantize_model(
             run.opts.output_ty,
             &rtn,
             None,
-            false,
+            None,
         )?;
     }
     progress(0, n_layer, "layers");
@@ -358,7 +383,8 @@ pub fn quantize_model(
                         let dims = &tensor(src, name)?.dims;
                         let wk = std::mem::take(slot(w, k));
                         let ty = run.opts.type_of(name);
-                        *slot(w, k) = run.matrix(name, &wk, dims, ty, method, Some(st), true)?;
+                        *slot(w, k) =
+                            run.matrix(name, &wk, dims, ty, method, Some(st), Some(li))?;
                     }
                     Ok(())
                 };
@@ -383,7 +409,15 @@ pub fn quantize_model(
                 for (k, (name, _)) in mats.iter().enumerate() {
                     let dims = &tensor(src, name)?.dims;
                     let wk = std::mem::take(slot(&mut w, k));
-                    run.matrix(name, &wk, dims, run.opts.type_of(name), method, None, true)?;
+                    run.matrix(
+                        name,
+                        &wk,
+                        dims,
+                        run.opts.type_of(name),
+                        method,
+                        None,
+                        Some(li),
+                    )?;
                 }
             }
         }
