@@ -167,7 +167,7 @@ fn type_for_bits(bits: u8, group: u16, sym: bool) -> Result<GgmlType> {
 }
 
 /// llama.cpp's `general.file_type` for a pure model of `ty`, if it has one.
-fn file_type(ty: GgmlType) -> Option<u32> {
+pub(crate) fn file_type(ty: GgmlType) -> Option<u32> {
     use GgmlType::*;
     Some(match ty {
         F32 => 0,

@@ -16,7 +16,10 @@
 //! The rank of a matrix comes from a parameter-reduction ratio (the same for
 //! every matrix) or from the energy Σσ² its kept singular values must hold
 //! (see [`Target`]); ranks are multiples of [`RANK_STEP`], so the second
-//! factor's rows are whole quantization blocks. A matrix whose factors
+//! factor's rows are whole quantization blocks. With a ratio, the rounding
+//! error of each rank is carried to the next matrix, so the model as a
+//! whole loses the ratio asked (within one step of rank), not what the
+//! rounding of each shape happens to give. A matrix whose factors
 //! would not be smaller than itself stays dense.
 //!
 //! [`pipeline::lowrank_model`] runs a whole model, layer by layer through
@@ -102,9 +105,16 @@ fn round_rank(r: f64) -> usize {
 /// (rounded to a multiple of [`RANK_STEP`]); `None` when the factors
 /// would not be smaller than the matrix.
 pub fn rank_for_ratio(rows: usize, cols: usize, ratio: f32) -> Option<usize> {
-    let ideal = (1.0 - ratio as f64) * (rows * cols) as f64 / (rows + cols) as f64;
-    let r = round_rank(ideal);
-    (r <= rows.min(cols) && saves(rows, cols, r)).then_some(r)
+    rank_keeping(rows, cols, (1.0 - ratio as f64) * (rows * cols) as f64)
+}
+
+/// The rank whose factors of a `rows × cols` matrix come nearest to `keep`
+/// weights (a multiple of [`RANK_STEP`], at most min(rows, cols)); `None`
+/// when the factors would not be smaller than the matrix.
+pub fn rank_keeping(rows: usize, cols: usize, keep: f64) -> Option<usize> {
+    let most = rows.min(cols) / RANK_STEP * RANK_STEP;
+    let r = round_rank(keep / (rows + cols) as f64).min(most);
+    (r > 0 && saves(rows, cols, r)).then_some(r)
 }
 
 /// The smallest rank whose singular values `s` (descending) hold at least
@@ -124,17 +134,12 @@ pub fn energy_rank(s: &[f64], energy: f64) -> usize {
     s.len()
 }
 
-/// The rank `target` picks for a `rows × cols` matrix of singular values
-/// `s`; `None` to keep the matrix dense.
-pub fn choose_rank(target: Target, rows: usize, cols: usize, s: &[f64]) -> Option<usize> {
-    match target {
-        Target::Ratio(r) => rank_for_ratio(rows, cols, r),
-        Target::Energy(e) => {
-            let need = energy_rank(s, e as f64);
-            let r = need.div_ceil(RANK_STEP).max(1) * RANK_STEP;
-            (r <= rows.min(cols) && saves(rows, cols, r)).then_some(r)
-        }
-    }
+/// The rank an energy threshold picks for a `rows × cols` matrix of
+/// singular values `s`: [`energy_rank`] rounded up to a multiple of
+/// [`RANK_STEP`]; `None` to keep the matrix dense.
+pub fn rank_for_energy(rows: usize, cols: usize, s: &[f64], energy: f32) -> Option<usize> {
+    let r = energy_rank(s, energy as f64).div_ceil(RANK_STEP).max(1) * RANK_STEP;
+    (r <= rows.min(cols) && saves(rows, cols, r)).then_some(r)
 }
 
 /// The two factors of a low-rank matrix: W ≈ b · a.

@@ -8,7 +8,7 @@
 //! target leaves dense is stored as it was, in the factors' type. The token
 //! embedding, the output matrix and the vectors are not touched.
 
-use super::{choose_rank, Decomposed, Decomposition, Factors, Target, Whitening};
+use super::{rank_for_energy, rank_keeping, Decomposed, Decomposition, Factors, Target, Whitening};
 use crate::calib::{Calibration, LayerF32, LayerPass, Site};
 use crate::quant::format::TypeFormat;
 use crate::quant::pipeline::{
@@ -80,6 +80,9 @@ impl LowRanked {
 struct Run<'a> {
     opts: &'a LowRankOptions<'a>,
     out: LowRanked,
+    /// Weights of the matrices that may be factored, so far: before and
+    /// after (what a ratio's rank rounding is carried over).
+    eligible: (usize, usize),
 }
 
 impl Run<'_> {
@@ -101,9 +104,20 @@ impl Run<'_> {
         let mut factors: Option<Factors> = None;
         if self.opts.kinds[k] {
             let d = Decomposed::new(w, rows, cols, white).map_err(ctx)?;
-            if let Some(r) = choose_rank(self.opts.target, rows, cols, d.singular_values()) {
-                factors = Some(d.factors(r, white));
-            }
+            let rank = match self.opts.target {
+                // The rank that brings the weights kept so far nearest to
+                // (1 − ratio) of those seen so far.
+                Target::Ratio(ratio) => rank_keeping(
+                    rows,
+                    cols,
+                    (1.0 - ratio as f64) * (self.eligible.0 + rows * cols) as f64
+                        - self.eligible.1 as f64,
+                ),
+                Target::Energy(e) => rank_for_energy(rows, cols, d.singular_values(), e),
+            };
+            self.eligible.0 += rows * cols;
+            self.eligible.1 += rank.map_or(rows * cols, |r| r * (rows + cols));
+            factors = rank.map(|r| d.factors(r, white));
         }
         let Some(f) = factors else {
             let (ty, bytes, back) = encode(w, rows, cols, self.opts.ty).map_err(ctx)?;
@@ -217,6 +231,7 @@ pub fn lowrank_model(
             factored: (0, 0),
             ranks: [(0, 0); 7],
         },
+        eligible: (0, 0),
     };
     progress(0, n_layer, "layers");
     let mut pass = match opts.calib {

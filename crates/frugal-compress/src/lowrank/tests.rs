@@ -114,16 +114,13 @@ fn energy_threshold_picks_the_smallest_rank_that_holds_it() {
     let need = energy_rank(d.singular_values(), 0.999999);
     assert_eq!(need, 40);
     assert_eq!(
-        choose_rank(Target::Energy(0.999999), rows, cols, d.singular_values()),
+        rank_for_energy(rows, cols, d.singular_values(), 0.999999),
         Some(64)
     );
     // Full energy of a full-rank matrix: factors would be larger, stay dense.
     let full = weights(64, 64, 8);
     let d = Decomposed::new(&full, 64, 64, None).unwrap();
-    assert_eq!(
-        choose_rank(Target::Energy(0.99), 64, 64, d.singular_values()),
-        None
-    );
+    assert_eq!(rank_for_energy(64, 64, d.singular_values(), 0.99), None);
 }
 
 #[test]
@@ -135,6 +132,12 @@ fn ratio_ranks_are_multiples_of_32_that_save_weights() {
     assert_eq!(rank_for_ratio(576, 1536, 0.4), Some(256));
     // Too small to save anything at one step of rank.
     assert_eq!(rank_for_ratio(32, 32, 0.2), None);
+    // The nearest rank to a number of weights; dense when that saves nothing.
+    assert_eq!(rank_keeping(96, 256, 64.0 * 352.0), Some(64));
+    assert_eq!(rank_keeping(96, 256, 75.0 * 352.0), Some(64));
+    assert_eq!(rank_keeping(96, 256, -5.0), Some(32));
+    assert_eq!(rank_keeping(96, 256, 1e9), None);
+    assert_eq!(rank_keeping(64, 200, 1e9), None);
     for (rows, cols) in [(576, 576), (192, 576), (896, 4864), (128, 64)] {
         for ratio in [0.05, 0.2, 0.4, 0.7, 0.95] {
             if let Some(r) = rank_for_ratio(rows, cols, ratio) {
