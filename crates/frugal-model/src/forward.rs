@@ -70,16 +70,11 @@ impl ActCache {
     /// [`ActCache::linear`] for several layers reading the same `x`; dense
     /// ones share one parallel region (see [`ActCache::matmul_many`]).
     fn linear_many(&mut self, ws: &[&Linear], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
-        let dense: Option<Vec<&Tensor>> = ws
-            .iter()
-            .map(|w| match w {
-                Linear::Dense(t) => Some(t),
-                Linear::LowRank { .. } => None,
-            })
-            .collect();
-        match dense {
-            Some(ts) => self.matmul_many(&ts, x, n, outs),
-            None => {
+        use Linear::Dense;
+        match ws {
+            [Dense(a), Dense(b)] => self.matmul_many(&[a, b], x, n, outs),
+            [Dense(a), Dense(b), Dense(c)] => self.matmul_many(&[a, b, c], x, n, outs),
+            _ => {
                 for (w, out) in ws.iter().zip(outs.iter_mut()) {
                     self.linear(w, x, n, out);
                 }
