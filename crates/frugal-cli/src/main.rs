@@ -46,6 +46,8 @@ enum Command {
     Quantize(cmd::quantize::Args),
     /// Prune a model: magnitude, Wanda or SparseGPT, unstructured or N:M (2:4), optionally rounding the kept weights into a quantized type in the same pass.
     Prune(cmd::prune::Args),
+    /// Factor each block matrix into two low-rank matrices: truncated SVD, or SVD whitened by the calibration activations (SVD-LLM), to a parameter-reduction ratio or an energy threshold.
+    Lowrank(cmd::lowrank::Args),
 }
 
 impl Command {
@@ -59,6 +61,7 @@ impl Command {
             Command::Bench(a) => a.model.threads,
             Command::Quantize(a) => a.threads,
             Command::Prune(a) => a.threads,
+            Command::Lowrank(a) => a.threads,
             Command::Fetch(_) | Command::Inspect(_) | Command::Convert(_) | Command::Report(_) => {
                 None
             }
@@ -78,6 +81,7 @@ impl Command {
             Command::Convert(a) => cmd::convert::run(a),
             Command::Quantize(a) => cmd::quantize::run(a),
             Command::Prune(a) => cmd::prune::run(a),
+            Command::Lowrank(a) => cmd::lowrank::run(a),
         }
     }
 }

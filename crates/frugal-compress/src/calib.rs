@@ -86,6 +86,22 @@ pub struct LayerF32 {
     pub w_down: Vec<f32>,
 }
 
+impl LayerF32 {
+    /// A model block's matrices in f32 (low-rank ones as the product of
+    /// their factors).
+    pub fn of(layer: &Layer) -> Result<LayerF32, ModelError> {
+        Ok(LayerF32 {
+            wq: layer.wq.to_f32()?,
+            wk: layer.wk.to_f32()?,
+            wv: layer.wv.to_f32()?,
+            wo: layer.wo.to_f32()?,
+            w_gate: layer.w_gate.to_f32()?,
+            w_up: layer.w_up.to_f32()?,
+            w_down: layer.w_down.to_f32()?,
+        })
+    }
+}
+
 /// A block's RMSNorm weights, into which a per-channel scaling of the
 /// matrices' inputs can be folded.
 #[derive(Clone, Debug, Default, PartialEq)]

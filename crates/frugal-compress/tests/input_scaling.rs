@@ -8,7 +8,7 @@ use frugal_compress::quant::scales::{self, Scaling, SiteMatrix};
 use frugal_compress::quant::{Format, InputStats, TypeFormat};
 use frugal_formats::{FrugalType, GgmlType};
 use frugal_model::load::load_source;
-use frugal_model::{tensor_to_f32, Layer, Model};
+use frugal_model::{Layer, Model};
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 
@@ -35,16 +35,7 @@ fn calibration(n_seq: usize, len: usize, seed: u64) -> Calibration {
 }
 
 fn layer_f32(l: &Layer) -> LayerF32 {
-    let f = |t| tensor_to_f32(t).unwrap();
-    LayerF32 {
-        wq: f(&l.wq),
-        wk: f(&l.wk),
-        wv: f(&l.wv),
-        wo: f(&l.wo),
-        w_gate: f(&l.w_gate),
-        w_up: f(&l.w_up),
-        w_down: f(&l.w_down),
-    }
+    LayerF32::of(l).unwrap()
 }
 
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -2,7 +2,7 @@
 //! matrix replaced, its hidden states match the inference forward pass.
 
 use frugal_compress::calib::{Calibration, LayerF32, LayerPass};
-use frugal_model::{load, rms_norm, tensor_to_f32, Logits};
+use frugal_model::{load, rms_norm, Logits};
 use std::path::PathBuf;
 
 fn shared() -> PathBuf {
@@ -31,16 +31,7 @@ fn layer_pass_matches_the_forward_pass() {
     let calib = Calibration { seqs: seqs.clone() };
     let mut pass = LayerPass::new(m, &calib).unwrap();
     for (li, l) in m.weights.layers.iter().enumerate() {
-        let f = |t| tensor_to_f32(t).unwrap();
-        let mut w = LayerF32 {
-            wq: f(&l.wq),
-            wk: f(&l.wk),
-            wv: f(&l.wv),
-            wo: f(&l.wo),
-            w_gate: f(&l.w_gate),
-            w_up: f(&l.w_up),
-            w_down: f(&l.w_down),
-        };
+        let mut w = LayerF32::of(l).unwrap();
         let mut sites = Vec::new();
         pass.run_layer(li, &mut w, &mut |site, st, _| {
             assert!(st.tokens == n_tok, "statistics over every token");

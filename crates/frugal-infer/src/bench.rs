@@ -262,6 +262,15 @@ pub fn flops_per_token(c: &ModelConfig, pos: usize) -> f64 {
     matmul + attention
 }
 
+/// [`flops_per_token`] for the model as stored: its matrices' weights
+/// (fewer when block matrices are low-rank factors) rather than the
+/// config's dense shapes.
+pub fn model_flops_per_token(m: &Model, pos: usize) -> f64 {
+    let c = &m.config;
+    let attention = 4.0 * c.n_layer as f64 * (c.n_head * c.head_dim) as f64 * (pos + 1) as f64;
+    2.0 * m.weights.matmul_params() as f64 + attention
+}
+
 /// CPU seconds (user + system) used so far by every thread of this process,
 /// with nanosecond resolution (the tick counts in /proc are only 10 ms).
 #[cfg(unix)]

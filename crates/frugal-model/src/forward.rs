@@ -7,7 +7,7 @@
 //! buffers live in [`State`], allocated once, so decoding allocates nothing.
 
 use crate::kv::{axpy_packed, F16Scratch, LayerKv};
-use crate::weights::{qmatrix, Weights};
+use crate::weights::{qmatrix, Linear, Weights};
 use crate::{KvCache, KvType, ModelConfig, ModelError, RopeStyle};
 use frugal_formats::{GgmlType, ModelSource, Tensor};
 use frugal_kernels::matmul::{matmul, matmul_many, QMatrix, QuantizedActs};
@@ -37,9 +37,51 @@ pub struct Model {
 #[derive(Default)]
 struct ActCache {
     slots: Vec<(GgmlType, QuantizedActs, bool)>,
+    /// The r values per token between a low-rank layer's two factors
+    /// (room for the largest rank times the state's capacity).
+    mid: Vec<f32>,
+    /// `mid` quantized for the second factor: its own buffer, since it is
+    /// used once and must not disturb the cached layer input.
+    mid_acts: QuantizedActs,
 }
 
 impl ActCache {
+    /// `out = x · Wᵀ` for a dense or low-rank layer. Factors multiply twice:
+    /// x (quantized once per input, as for a dense matrix) by `a`, then the
+    /// r-wide result by `b`.
+    fn linear(&mut self, w: &Linear, x: &[f32], n: usize, out: &mut [f32]) {
+        match w {
+            Linear::Dense(t) => self.matmul(t, x, n, out),
+            Linear::LowRank { a, b } => {
+                let r = a.n_rows();
+                let mut mid = std::mem::take(&mut self.mid);
+                self.matmul(a, x, n, &mut mid[..n * r]);
+                let qb = qmatrix(b);
+                let dot_ty = frugal_kernels::traits(b.ty)
+                    .expect("weights are checked for kernels at load")
+                    .vec_dot_type;
+                self.mid_acts.quantize(dot_ty, &mid[..n * r], n, r);
+                matmul(&qb, &self.mid_acts, &mut out[..n * qb.rows]);
+                self.mid = mid;
+            }
+        }
+    }
+
+    /// [`ActCache::linear`] for several layers reading the same `x`; dense
+    /// ones share one parallel region (see [`ActCache::matmul_many`]).
+    fn linear_many(&mut self, ws: &[&Linear], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
+        use Linear::Dense;
+        match ws {
+            [Dense(a), Dense(b)] => self.matmul_many(&[a, b], x, n, outs),
+            [Dense(a), Dense(b), Dense(c)] => self.matmul_many(&[a, b, c], x, n, outs),
+            _ => {
+                for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                    self.linear(w, x, n, out);
+                }
+            }
+        }
+    }
+
     fn invalidate(&mut self) {
         for s in &mut self.slots {
             s.2 = false;
@@ -191,7 +233,10 @@ impl Model {
             gate: vec![0.0; cap * c.n_ff],
             up: vec![0.0; cap * c.n_ff],
             logits: vec![0.0; if all_logits { cap } else { 1 } * c.n_vocab],
-            acts: ActCache::default(),
+            acts: ActCache {
+                mid: vec![0.0; cap * self.weights.max_rank()],
+                ..ActCache::default()
+            },
         }
     }
 
@@ -307,7 +352,7 @@ impl Model {
                 &mut st.xn[..n * d],
             );
             st.acts.invalidate();
-            st.acts.matmul_many(
+            st.acts.linear_many(
                 &[&layer.wq, &layer.wk, &layer.wv],
                 &st.xn,
                 n,
@@ -328,7 +373,7 @@ impl Model {
                 &mut st.att[..n * qd],
             );
             st.acts.invalidate();
-            st.acts.matmul(&layer.wo, &st.att, n, &mut st.xn);
+            st.acts.linear(&layer.wo, &st.att, n, &mut st.xn);
             add_bias(&mut st.xn[..n * d], layer.bo.as_deref());
             add_assign(&mut st.x[..n * d], &st.xn[..n * d]);
 
@@ -340,7 +385,7 @@ impl Model {
                 &mut st.xn[..n * d],
             );
             st.acts.invalidate();
-            st.acts.matmul_many(
+            st.acts.linear_many(
                 &[&layer.w_gate, &layer.w_up],
                 &st.xn,
                 n,
@@ -348,7 +393,7 @@ impl Model {
             );
             swiglu(&mut st.gate[..n * ff], &st.up[..n * ff]);
             st.acts.invalidate();
-            st.acts.matmul(&layer.w_down, &st.gate, n, &mut st.xn);
+            st.acts.linear(&layer.w_down, &st.gate, n, &mut st.xn);
             add_assign(&mut st.x[..n * d], &st.xn[..n * d]);
         }
         kv.advance(n);

@@ -19,7 +19,7 @@ pub use forward::{rms_norm, softmax, swiglu, Logits, Model, State};
 pub use kv::{KvCache, KvType};
 pub use load::{load, load_with, LoadedModel, Residency};
 pub use sampling::{Sampler, SamplerConfig};
-pub use weights::{qmatrix, tensor_to_f32, Layer, Weights};
+pub use weights::{factor_names, qmatrix, tensor_to_f32, Layer, Linear, Weights};
 
 use frugal_formats::FormatError;
 

@@ -44,7 +44,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn tiny_model() -> ModelSource {
+/// A tiny model; with `low_rank`, some block matrices are stored as two
+/// rank-32 factors.
+fn tiny_model(low_rank: bool) -> ModelSource {
     // FFN 256 wide, so gate and up are enough work to run on the team.
     let (d, ff, vocab, layers) = (64usize, 256usize, 40usize, 2usize);
     let mut md = Metadata::default();
@@ -83,11 +85,14 @@ fn tiny_model() -> ModelSource {
             ("ffn_up", d, ff),
             ("ffn_down", ff, d),
         ] {
-            t.push(Tensor::from_f32(
-                format!("blk.{l}.{n}.weight"),
-                vec![cols, rows],
-                &vals(cols * rows),
-            ));
+            let name = format!("blk.{l}.{n}.weight");
+            if low_rank && matches!(n, "attn_q" | "attn_k" | "ffn_down") {
+                let (a, b) = frugal_model::factor_names(&name);
+                t.push(Tensor::from_f32(a, vec![cols, 32], &vals(cols * 32)));
+                t.push(Tensor::from_f32(b, vec![32, rows], &vals(32 * rows)));
+                continue;
+            }
+            t.push(Tensor::from_f32(name, vec![cols, rows], &vals(cols * rows)));
         }
         for (n, len) in [
             ("attn_norm.weight", d),
@@ -135,8 +140,9 @@ fn decode_pass(
     )
 }
 
-fn decode_steps_allocate_nothing() {
-    let m = Model::from_source(&tiny_model()).unwrap();
+fn decode_steps_allocate_nothing(low_rank: bool) {
+    let m = Model::from_source(&tiny_model(low_rank)).unwrap();
+    assert_eq!(m.weights.has_low_rank(), low_rank);
     // With more than one thread, only passes in which the team's workers ran
     // tasks count: a parked worker can miss a whole pass, and then its
     // allocations would go unseen.
@@ -181,6 +187,7 @@ fn main() {
     // worker has run a job: a starting worker allocates before it counts as
     // one, and on a loaded machine that comes late.
     rayon::broadcast(|_| ());
-    decode_steps_allocate_nothing();
+    decode_steps_allocate_nothing(false);
+    decode_steps_allocate_nothing(true);
     println!("test decode_steps_allocate_nothing ... ok");
 }

@@ -432,3 +432,109 @@ fn logits_from_an_index_are_the_tail_of_all_logits() {
         .unwrap_err();
     assert!(e.to_string().contains("logits from index"), "{e}");
 }
+
+/// `src` with the matrix `name` (`rows × cols`) replaced by random rank-`r`
+/// factors `name_a` (r × cols) and `name_b` (rows × r); returns their product.
+fn factor(src: &mut ModelSource, name: &str, r: usize, rng: &mut StdRng) -> Vec<f32> {
+    let i = src.tensors.iter().position(|t| t.name == name).unwrap();
+    let (cols, rows) = (src.tensors[i].dims[0], src.tensors[i].dims[1]);
+    let a = rand_vec(rng, r * cols, 1.0 / (cols as f32).sqrt());
+    let b = rand_vec(rng, rows * r, 1.0 / (r as f32).sqrt());
+    let mut w = vec![0.0f32; rows * cols];
+    for o in 0..rows {
+        for k in 0..r {
+            for c in 0..cols {
+                w[o * cols + c] += b[o * r + k] * a[k * cols + c];
+            }
+        }
+    }
+    src.tensors.remove(i);
+    let (na, nb) = frugal_model::factor_names(name);
+    src.tensors.push(Tensor::from_f32(na, vec![cols, r], &a));
+    src.tensors.push(Tensor::from_f32(nb, vec![r, rows], &b));
+    w
+}
+
+#[test]
+fn low_rank_factors_run_like_their_dense_product() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let dense_src = build(&SMALL, 3);
+    let mut low = build(&SMALL, 3);
+    let mut dense = build(&SMALL, 3);
+    for (name, r) in [
+        ("blk.0.attn_q.weight", 32),
+        ("blk.0.attn_k.weight", 16),
+        ("blk.0.attn_output.weight", 32),
+        ("blk.1.ffn_gate.weight", 32),
+        ("blk.1.ffn_down.weight", 48),
+    ] {
+        let w = factor(&mut low, name, r, &mut rng);
+        replace(&mut dense, name, &w);
+    }
+    let lm = Model::from_source(&low).unwrap();
+    let dm = Model::from_source(&dense).unwrap();
+    assert!(lm.weights.has_low_rank() && !dm.weights.has_low_rank());
+    assert_eq!(lm.weights.max_rank(), 48);
+    assert_eq!(lm.weights.layers[0].wk.rank(), Some(16));
+    let product = max_abs_diff(
+        &lm.weights.layers[1].w_down.to_f32().unwrap(),
+        &dm.weights.layers[1].w_down.to_f32().unwrap(),
+    );
+    assert!(product < 1e-5, "{product}");
+    // Fewer bytes: 64·64 + 32·64 + 64·64 + 96·64 + 64·96 weights dense,
+    // r·(in + out) as factors.
+    let saved = (64 * 64 + 32 * 64 + 64 * 64 + 96 * 64 + 64 * 96)
+        - (32 * 128 + 16 * 96 + 32 * 128 + 32 * 160 + 48 * 160);
+    assert_eq!(
+        dm.weight_bytes_per_token() - lm.weight_bytes_per_token(),
+        4 * saved
+    );
+    assert_eq!(
+        dm.weights.matmul_params() - lm.weights.matmul_params(),
+        saved
+    );
+    // Prefill and one-token decoding both agree with the dense product.
+    let (lb, db) = (batch_logits(&lm, &TOKENS), batch_logits(&dm, &TOKENS));
+    assert!(max_abs_diff(&lb, &db) < 1e-4, "{}", max_abs_diff(&lb, &db));
+    let (ls, ds) = (step_logits(&lm, &TOKENS), step_logits(&dm, &TOKENS));
+    assert!(max_abs_diff(&ls, &ds) < 1e-4, "{}", max_abs_diff(&ls, &ds));
+    // And the factors matter: the original dense model differs.
+    let orig = batch_logits(&Model::from_source(&dense_src).unwrap(), &TOKENS);
+    assert!(max_abs_diff(&lb, &orig) > 1e-3);
+}
+
+#[test]
+fn incomplete_or_doubled_factors_are_refused() {
+    let err = |src: &ModelSource| match Model::from_source(src) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("loaded"),
+    };
+    let mut rng = StdRng::seed_from_u64(8);
+    // Only one factor.
+    let mut src = build(&SMALL, 4);
+    factor(&mut src, "blk.0.attn_q.weight", 16, &mut rng);
+    src.tensors.retain(|t| t.name != "blk.0.attn_q_b.weight");
+    assert!(err(&src).contains("blk.0.attn_q_b.weight"), "{}", err(&src));
+    // Factors beside the dense matrix.
+    let mut src = build(&SMALL, 4);
+    let dense = src
+        .tensors
+        .iter()
+        .find(|t| t.name == "blk.0.attn_q.weight")
+        .unwrap()
+        .clone();
+    factor(&mut src, "blk.0.attn_q.weight", 16, &mut rng);
+    src.tensors.push(dense);
+    assert!(err(&src).contains("both dense and"), "{}", err(&src));
+    // Factors whose shapes do not fit the matrix.
+    let mut src = build(&SMALL, 4);
+    factor(&mut src, "blk.0.attn_k.weight", 16, &mut rng);
+    let i = src
+        .tensors
+        .iter()
+        .position(|t| t.name == "blk.0.attn_k_b.weight")
+        .unwrap();
+    let v = vec![0.0f32; 16 * 64];
+    src.tensors[i] = Tensor::from_f32("blk.0.attn_k_b.weight", vec![16, 64], &v);
+    assert!(err(&src).contains("attn_k_b"), "{}", err(&src));
+}

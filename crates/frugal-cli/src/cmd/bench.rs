@@ -5,7 +5,7 @@
 use crate::common::{mib, peak_rss_bytes, progress_bar, ModelArgs, RecordArgs};
 use anyhow::{bail, Result};
 use frugal_eval::{ModelInfo, Record};
-use frugal_infer::bench::{flops_per_token, BenchConfig, BenchResult};
+use frugal_infer::bench::{model_flops_per_token, BenchConfig, BenchResult};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -81,7 +81,7 @@ pub fn run(a: Args) -> Result<()> {
     let kv_type = a.model.kv_type;
     let decode_tps = r.decode.mean;
     // FLOPs at the middle of the decode run (attention grows with position).
-    let flops = flops_per_token(c, a.gen / 2);
+    let flops = model_flops_per_token(model, a.gen / 2);
     let u = &r.usage;
     let tokens = u.decode_tokens.max(1) as f64;
     let estimate_j = u.decode_cpu_s * a.watts_per_core / tokens;

@@ -5,6 +5,7 @@ pub mod eval;
 pub mod fetch;
 pub mod generate;
 pub mod inspect;
+pub mod lowrank;
 pub mod perplexity;
 pub mod prune;
 pub mod quantize;

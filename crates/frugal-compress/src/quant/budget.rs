@@ -63,6 +63,7 @@ pub fn measure(
     candidates: &[GgmlType],
     progress: Progress,
 ) -> Result<Vec<Sensitivity>, String> {
+    super::pipeline::require_dense(model)?;
     let mut pass = LayerPass::new(model, calib).map_err(|e| e.to_string())?;
     let n_layer = model.config.n_layer;
     let mut out = Vec::new();

@@ -117,6 +117,20 @@ pub fn fit_type(want: GgmlType, cols: usize) -> GgmlType {
     fit_type(next, cols)
 }
 
+/// The pipelines read and write each block matrix as one tensor: a model
+/// whose matrices are low-rank factors is refused.
+pub(crate) fn require_dense(model: &Model) -> Result<(), String> {
+    if model.weights.has_low_rank() {
+        return Err(
+            "the model's block matrices are low-rank factors (made by `frugal lowrank`); \
+                    start from the dense model (`frugal lowrank --type` stores the factors \
+                    quantized)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// The block matrices of block `li`, by GGUF name, with their site.
 pub(crate) fn matrices(li: usize) -> [(String, Site); 7] {
     let n = |s: &str| format!("blk.{li}.{s}.weight");
@@ -143,14 +157,14 @@ pub(crate) fn slot(w: &mut LayerF32, k: usize) -> &mut Vec<f32> {
     }
 }
 
-fn tensor<'s>(src: &'s ModelSource, name: &str) -> Result<&'s Tensor, String> {
+pub(crate) fn tensor<'s>(src: &'s ModelSource, name: &str) -> Result<&'s Tensor, String> {
     src.tensor(name)
         .ok_or_else(|| format!("the model has no tensor `{name}`"))
 }
 
 /// A tensor's values, after which its mapped pages are let go: the pass
 /// reads each weight once, so resident memory stays near one layer's worth.
-fn to_f32(t: &Tensor) -> Result<Vec<f32>, String> {
+pub(crate) fn to_f32(t: &Tensor) -> Result<Vec<f32>, String> {
     let v = tensor_to_f32(t).map_err(|e| e.to_string())?;
     t.release_pages();
     Ok(v)
@@ -263,6 +277,7 @@ pub fn quantize_model(
     opts: &QuantizeOptions,
     progress: Progress,
 ) -> Result<Quantized, String> {
+    require_dense(model)?;
     let method = opts.method;
     let prune_calib = opts
         .prune
