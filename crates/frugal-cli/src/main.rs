@@ -48,6 +48,8 @@ enum Command {
     Prune(cmd::prune::Args),
     /// Factor each block matrix into two low-rank matrices: truncated SVD, or SVD whitened by the calibration activations (SVD-LLM), to a parameter-reduction ratio or an energy threshold.
     Lowrank(cmd::lowrank::Args),
+    /// Compose structured pruning, low-rank, pruning and quantization from a TOML recipe.
+    Compress(cmd::compress::Args),
 }
 
 impl Command {
@@ -62,6 +64,7 @@ impl Command {
             Command::Quantize(a) => a.threads,
             Command::Prune(a) => a.threads,
             Command::Lowrank(a) => a.threads,
+            Command::Compress(a) => a.threads,
             Command::Fetch(_) | Command::Inspect(_) | Command::Convert(_) | Command::Report(_) => {
                 None
             }
@@ -82,6 +85,7 @@ impl Command {
             Command::Quantize(a) => cmd::quantize::run(a),
             Command::Prune(a) => cmd::prune::run(a),
             Command::Lowrank(a) => cmd::lowrank::run(a),
+            Command::Compress(a) => cmd::compress::run(a),
         }
     }
 }

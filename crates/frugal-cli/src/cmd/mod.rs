@@ -1,5 +1,6 @@
 pub mod bench;
 pub mod chat;
+pub mod compress;
 pub mod convert;
 pub mod eval;
 pub mod fetch;

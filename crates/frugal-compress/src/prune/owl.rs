@@ -9,7 +9,7 @@
 
 use crate::calib::{Calibration, LayerF32, LayerPass, Site};
 use crate::quant::InputStats;
-use frugal_model::{tensor_to_f32, Model};
+use frugal_model::Model;
 
 /// OWL's two knobs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -83,17 +83,8 @@ impl Owl {
 pub fn block_outliers(model: &Model, calib: &Calibration, m: f32) -> Result<Vec<f64>, String> {
     let mut pass = LayerPass::new(model, calib).map_err(|e| e.to_string())?;
     let mut fractions = Vec::with_capacity(model.config.n_layer);
-    for (li, l) in model.weights.layers.iter().enumerate() {
-        let f = |t: &frugal_formats::Tensor| tensor_to_f32(t).map_err(|e| e.to_string());
-        let mut w = LayerF32 {
-            wq: f(&l.wq)?,
-            wk: f(&l.wk)?,
-            wv: f(&l.wv)?,
-            wo: f(&l.wo)?,
-            w_gate: f(&l.w_gate)?,
-            w_up: f(&l.w_up)?,
-            w_down: f(&l.w_down)?,
-        };
+    for li in 0..model.config.n_layer {
+        let mut w = LayerF32::of(&model.weights.layers[li]).map_err(|e| e.to_string())?;
         let (mut n, mut total) = (0usize, 0usize);
         let mut count = |site: Site, st: &InputStats, w: &mut LayerF32| {
             let cols = st.cols;

@@ -34,7 +34,7 @@ use crate::quant::InputStats;
 use faer::linalg::solvers::Solve;
 use faer::{Mat, Side};
 use frugal_formats::{GgmlType, MetaValue};
-use frugal_model::{tensor_to_f32, Model, ModelConfig};
+use frugal_model::{Model, ModelConfig};
 
 /// How much to remove: per block, query heads and FFN channels; and whole blocks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -296,25 +296,6 @@ impl Shrunk {
 /// Progress of a long run: `(done, total, what)`.
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, &str);
 
-/// The seven block matrices of block `li` in f32.
-fn layer_f32(model: &Model, li: usize) -> Result<LayerF32, String> {
-    let l = &model.weights.layers[li];
-    let f = |t: &frugal_formats::Tensor| {
-        let v = tensor_to_f32(t).map_err(|e| e.to_string());
-        t.release_pages();
-        v
-    };
-    Ok(LayerF32 {
-        wq: f(&l.wq)?,
-        wk: f(&l.wk)?,
-        wv: f(&l.wv)?,
-        wo: f(&l.wo)?,
-        w_gate: f(&l.w_gate)?,
-        w_up: f(&l.w_up)?,
-        w_down: f(&l.w_down)?,
-    })
-}
-
 /// Prunes `model` by `spec`, ranking by `scoring` (with `calib` when it
 /// needs calibration, and always when blocks are removed).
 pub fn prune_structured(
@@ -351,7 +332,7 @@ pub fn prune_structured(
         let mut influence = Vec::with_capacity(n_layer);
         for li in 0..n_layer {
             let before = pass.hidden().to_vec();
-            let mut w = layer_f32(model, li)?;
+            let mut w = LayerF32::of(&model.weights.layers[li]).map_err(|e| e.to_string())?;
             pass.run_layer(li, &mut w, &mut |_, _, _| Ok(()))?;
             influence.push((block_influence(&before, pass.hidden(), c.n_embd), li));
             done += 1;
@@ -376,7 +357,7 @@ pub fn prune_structured(
             progress(done, steps, "pruning blocks");
             continue;
         }
-        let mut w = layer_f32(model, li)?;
+        let mut w = LayerF32::of(&model.weights.layers[li]).map_err(|e| e.to_string())?;
         let mut heads = Vec::new();
         let mut channels = Vec::new();
         match pass.as_mut() {
