@@ -1,16 +1,19 @@
 //! Kernels of the sparse int8 types, which make pruning pay on a CPU: only
 //! the kept weights' codes are stored and read.
 //!
-//! * `SQ8_{keep}of64` ([`FrugalType::SparseQ8`]): unstructured. Per block of
-//!   32, a bitmap and a scale; the kept codes packed after the row's headers.
-//!   At 50 % (keep 32) a weight costs 5.5 bits against Q8_0's 8.5.
+//! * `SQ8_{keep}of64` ([`FrugalType::SparseQ8`]): unstructured. Per group
+//!   of 4 blocks of 32, two 64-bit bitmaps and 4 scales; the kept codes
+//!   packed after the row's headers. At 50 % (keep 32) a weight costs 5.5
+//!   bits against Q8_0's 8.5.
 //! * `SQ8_2of4` ([`FrugalType::Sparse24Q8`]): 2:4, 16 codes and their 2-bit
 //!   positions per block of 32; also 5.5 bits per weight.
 //!
 //! Both take Q8_0 activations, so their results are Q8_0's for the same
 //! kept codes. [`scalar`] holds the references (and the packers that turn
-//! pruned Q8_0 rows into these layouts); `avx512` the SIMD dot products,
-//! tested against them.
+//! pruned Q8_0 rows into these layouts); `avx512` the SIMD dot products and
+//! the matrix-vector kernel the matmul uses for them (four rows at a time,
+//! on the activations packed for the dense AVX-512 kernels), tested against
+//! them.
 
 pub mod scalar;
 
