@@ -138,20 +138,20 @@ impl FrugalType {
             FrugalType::Affine { sym: false, .. } => 4,
             FrugalType::W8Row | FrugalType::I8Tok => 8,
             // Sparse rows: headers per block, counted in the type size.
-            FrugalType::SparseQ8 { .. } => 0,
-            FrugalType::Sparse24Q8 => 6,
+            FrugalType::SparseQ8 { .. } | FrugalType::Sparse24Q8 => 0,
         }
     }
 
     /// Whether the row is the unit of the layout (one header for the whole
-    /// row, or codes packed across the row) rather than each block.
+    /// row, codes packed across the row, or blocks grouped within the row,
+    /// as the sparse types' groups of 4) rather than each block.
     pub fn is_row_wise(self) -> bool {
         !matches!(
             self,
             FrugalType::Affine {
                 group: 32..=256,
                 ..
-            } | FrugalType::Sparse24Q8
+            }
         )
     }
 

@@ -57,6 +57,28 @@ fn a_sparse_row_is_the_q8_0_row_of_its_kept_weights() {
     }
 }
 
+/// Rows are the unit of both layouts (their groups of 4 blocks restart at
+/// each row): a matrix decodes row by row into its Q8_0 rows, whatever the
+/// row length (here with a last group of 2 blocks, and of 1).
+#[test]
+fn a_matrix_decodes_row_by_row() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for (ty, n) in [(sparse(32), 576), (S24, 576), (S24, 160), (S24, 1536)] {
+        assert!(ty.block_size() <= n);
+        let rows = 5;
+        let (mut bytes, mut want) = (Vec::new(), Vec::new());
+        for _ in 0..rows {
+            let x = row(n, 0.5, &mut rng);
+            let w = quantize(ty, &x);
+            want.extend(dequantize(ty, &w, n));
+            bytes.extend(w);
+        }
+        let mut got = vec![0.0; rows * n];
+        frugal_kernels::dequantize_rows(ty, &bytes, &mut got, n).unwrap();
+        assert_eq!(got, want, "{ty} n={n}");
+    }
+}
+
 #[test]
 fn too_many_weights_are_pruned_by_magnitude_to_fit() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
