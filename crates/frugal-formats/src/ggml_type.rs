@@ -50,13 +50,24 @@ pub enum GgmlType {
 ///   `W8Row`: f32 scale, i32 code sum, i8 codes.
 /// * `SparseQ8 { keep }` (`SQ8_{keep}of64`): unstructured sparse int8
 ///   weights whose rows keep at most `keep` of every 64 weights on average.
-///   A row of n weights is n/32 headers of 6 bytes (a little-endian `u32`
-///   bitmap of the block's nonzero weights, then the block's f16 scale `d`),
-///   then the nonzero weights' i8 codes, packed in order (value `d·q`), then
-///   zero padding up to `n/64·keep` code bytes. Rows are whole multiples of 64.
-/// * `Sparse24Q8` (`SQ8_2of4`): 2:4 sparse int8 weights in blocks of 32: an
-///   f16 scale `d`, a little-endian `u32` holding the 2-bit positions
-///   (within their group of 4) of the 16 kept weights, then their 16 i8 codes.
+///   Rows are whole multiples of 64, taken in groups of 4 blocks of 32 (128
+///   weights; a row's last group may hold 2 blocks). Within a group of m
+///   blocks, "lane" `16k + i` of half h (0 or 1) is weight `16h + i` of
+///   block k. A row of n weights is n/32 · 6 bytes of headers, then the
+///   codes. The headers, group by group: the little-endian bitmap (16m bits)
+///   of the first half's nonzero lanes, the same for the second half, then
+///   the m blocks' f16 scales `d`. The codes, group by group: the nonzero
+///   lanes' i8 codes q of the first half in lane order, then of the second,
+///   each stored as `q ^ 0x80` (q + 128 as an unsigned byte; value `d·q`);
+///   then padding up to `n/64·keep` code bytes.
+/// * `Sparse24Q8` (`SQ8_2of4`): 2:4 sparse int8 weights, 22 bytes per block
+///   of 32, in groups of 4 blocks (a row's last group may hold fewer). A
+///   group of m blocks is the m blocks' f16 scales `d`, then the positions
+///   (0..4, within their group of 4 weights) of each block's 16 kept
+///   weights as 2-bit fields: m little-endian `u16` for codes 0..8 of each
+///   block (code c at bits 2c), m `u16` for codes 8..16 (code c at bits
+///   2(c − 8)), then each block's 16 i8 codes; code c stands for weight
+///   4⌊c/2⌋ + its position (value `d·q`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FrugalType {
     Affine { bits: u8, group: u16, sym: bool },
@@ -127,20 +138,20 @@ impl FrugalType {
             FrugalType::Affine { sym: false, .. } => 4,
             FrugalType::W8Row | FrugalType::I8Tok => 8,
             // Sparse rows: headers per block, counted in the type size.
-            FrugalType::SparseQ8 { .. } => 0,
-            FrugalType::Sparse24Q8 => 6,
+            FrugalType::SparseQ8 { .. } | FrugalType::Sparse24Q8 => 0,
         }
     }
 
     /// Whether the row is the unit of the layout (one header for the whole
-    /// row, or codes packed across the row) rather than each block.
+    /// row, codes packed across the row, or blocks grouped within the row,
+    /// as the sparse types' groups of 4) rather than each block.
     pub fn is_row_wise(self) -> bool {
         !matches!(
             self,
             FrugalType::Affine {
                 group: 32..=256,
                 ..
-            } | FrugalType::Sparse24Q8
+            }
         )
     }
 

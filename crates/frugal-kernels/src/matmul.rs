@@ -15,10 +15,12 @@
 //! stay in L2 while all tokens pass; for one token (decode) they go through
 //! a matrix-vector kernel (`legacy::avx512::gemv`) that takes four rows at
 //! once, sharing each activation load, reduces their block sums together and
-//! prefetches the weights well ahead. Every other type (floats, k-quants,
-//! frugal's own types, …) runs its traits `vec_dot` per (row, token), in
-//! blocks of 16 rows that stay in cache across all tokens (prefetching the
-//! next block for one token).
+//! prefetches the weights well ahead. The sparse int8 types (`sparse`) have
+//! a kernel of the same kind (`sparse::avx512::gemv`, also VBMI and VBMI2),
+//! run token by token over blocks of 16 rows for prompts. Every other type
+//! (floats, k-quants, frugal's own types, …) runs its traits `vec_dot` per
+//! (row, token), in blocks of 16 rows that stay in cache across all tokens
+//! (prefetching the next block for one token).
 //!
 //! [`matmul_many`] runs several matrices that read the same activations
 //! (Q/K/V, gate/up) in one parallel region, saving the pool's wake-ups.
@@ -205,6 +207,9 @@ enum Kernel {
     /// The AVX-512 micro-kernel for a legacy type (its code in `legacy::avx512`).
     #[cfg(target_arch = "x86_64")]
     Tile(u8),
+    /// The AVX-512 kernel of a sparse type (`sparse::avx512::gemv`).
+    #[cfg(target_arch = "x86_64")]
+    Sparse(crate::sparse::avx512::Kind),
     /// The traits' dot product per (row, token).
     Dot(VecDot),
 }
@@ -328,6 +333,9 @@ fn pick_kernel(ty: GgmlType, acts: &QuantizedActs, dot: VecDot) -> Kernel {
         if let Some(code) = crate::legacy::avx512::tile_type(ty) {
             return Kernel::Tile(code);
         }
+        if let Some(kind) = crate::sparse::avx512::gemv_kind(ty) {
+            return Kernel::Sparse(kind);
+        }
     }
     Kernel::Dot(dot)
 }
@@ -370,6 +378,38 @@ unsafe fn run_rows(
                 } else {
                     crate::legacy::avx512::tile(code, &g)
                 }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Sparse(kind) => {
+            // One token at a time over blocks of 16 rows, which stay in
+            // cache while every token passes.
+            const RB: usize = 16;
+            let step = if n_tok == 1 { r1 - r0 } else { RB };
+            let mut rb = r0;
+            while rb < r1 {
+                let re = (rb + step).min(r1);
+                for t in 0..n_tok {
+                    // SAFETY: `pick_kernel` chose Sparse only with packed
+                    // Q8_0 activations (checked against the weight type in
+                    // `matmul`); `gemv` checks the rest and writes only
+                    // out[t * rows + r] for r in rb..re, owned by this call
+                    // (function contract).
+                    unsafe {
+                        crate::sparse::avx512::gemv(
+                            kind,
+                            w.data,
+                            row_bytes,
+                            w.cols,
+                            rb..re,
+                            &acts.packed,
+                            t,
+                            acts.row(t),
+                            out.add(t * w.rows),
+                        )
+                    };
+                }
+                rb = re;
             }
         }
         Kernel::Dot(dot) => {

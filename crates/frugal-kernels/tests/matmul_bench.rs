@@ -4,7 +4,7 @@
 //! Shapes are SmolLM2-135M's (hidden 576, FFN 1536, 30 layers, Q4_1 weights,
 //! Q8_0 tied embedding/output of 49152 rows).
 
-use frugal_formats::GgmlType;
+use frugal_formats::{FrugalType, GgmlType};
 use frugal_kernels::matmul::{matmul, QMatrix, QuantizedActs};
 use frugal_kernels::traits::{detected_isa, traits};
 use rand::rngs::StdRng;
@@ -148,6 +148,31 @@ fn bench_smollm2_matmuls() {
             vocab: 49152,
         },
     );
+}
+
+/// The same shapes with the block matrices dense Q8_0, then in the sparse
+/// int8 types at 50 % (`SQ8_32of64`, `SQ8_2of4`), the output matrix Q8_0
+/// in all three: the decode-speed comparison of pruned models.
+#[test]
+#[ignore]
+fn bench_smollm2_sparse_matmuls() {
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Frugal(FrugalType::SparseQ8 { keep: 32 }),
+        GgmlType::Frugal(FrugalType::Sparse24Q8),
+    ] {
+        println!("{ty}:");
+        model_matmuls(
+            ty,
+            Shape {
+                hidden: 576,
+                ffn: 1536,
+                kv: 192,
+                layers: 30,
+                vocab: 49152,
+            },
+        );
+    }
 }
 
 /// The same for Qwen2.5-0.5B as llama-quantize writes it at Q4_0 (~346 MB:

@@ -57,6 +57,28 @@ fn a_sparse_row_is_the_q8_0_row_of_its_kept_weights() {
     }
 }
 
+/// Rows are the unit of both layouts (their groups of 4 blocks restart at
+/// each row): a matrix decodes row by row into its Q8_0 rows, whatever the
+/// row length (here with a last group of 2 blocks, and of 1).
+#[test]
+fn a_matrix_decodes_row_by_row() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for (ty, n) in [(sparse(32), 576), (S24, 576), (S24, 160), (S24, 1536)] {
+        assert!(ty.block_size() <= n);
+        let rows = 5;
+        let (mut bytes, mut want) = (Vec::new(), Vec::new());
+        for _ in 0..rows {
+            let x = row(n, 0.5, &mut rng);
+            let w = quantize(ty, &x);
+            want.extend(dequantize(ty, &w, n));
+            bytes.extend(w);
+        }
+        let mut got = vec![0.0; rows * n];
+        frugal_kernels::dequantize_rows(ty, &bytes, &mut got, n).unwrap();
+        assert_eq!(got, want, "{ty} n={n}");
+    }
+}
+
 #[test]
 fn too_many_weights_are_pruned_by_magnitude_to_fit() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
@@ -140,21 +162,142 @@ fn every_dot_product_matches_the_reference_and_q8_0() {
     assert!(checked >= 40);
 }
 
+/// A `SparseQ8` row (type `ty`) of `n` weights whose every bitmap bit is
+/// set (more codes than it has room for), scales 0.5, codes `code`.
+fn hostile_sq8_row(ty: GgmlType, n: usize, code: u8) -> Vec<u8> {
+    let mut w = vec![code; ty.row_bytes(n as u64).unwrap() as usize];
+    let nb = n / 32;
+    for g in 0..nb.div_ceil(4) {
+        let m = (nb - 4 * g).min(4);
+        let h = &mut w[24 * g..][..6 * m];
+        h[..4 * m].fill(0xFF);
+        for d in h[4 * m..].chunks_mut(2) {
+            d.copy_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
+        }
+    }
+    w
+}
+
 #[test]
 fn a_hostile_bitmap_reads_nothing_out_of_bounds() {
-    // Every bitmap set, in a row with room for half the codes.
-    let n = 128;
-    let mut w = vec![0x11u8; sparse(32).row_bytes(n as u64).unwrap() as usize];
-    for h in w[..n / 32 * 6].chunks_mut(6) {
-        h[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        h[4..6].copy_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
-    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(4);
-    let a = q8_acts(n, &mut rng);
-    let want = scalar::vec_dot_sparse_q8_0(n, &w, &a);
-    for (name, f) in dot_impls(FrugalType::SparseQ8 { keep: 32 }) {
-        assert_eq!(f(n, &w, &a), want, "{name}");
+    for n in [64, 128, 192, 576] {
+        let w = hostile_sq8_row(sparse(32), n, 0x91);
+        let a = q8_acts(n, &mut rng);
+        let want = scalar::vec_dot_sparse_q8_0(n, &w, &a);
+        assert!(want.is_finite() && want != 0.0);
+        for (name, f) in dot_impls(FrugalType::SparseQ8 { keep: 32 }) {
+            assert_eq!(f(n, &w, &a), want, "{name} n={n}");
+        }
+        let back = dequantize(sparse(32), &w, n);
+        assert_eq!(back.iter().filter(|&&v| v != 0.0).count(), n / 2);
     }
-    let back = dequantize(sparse(32), &w, n);
-    assert_eq!(back.iter().filter(|&&v| v != 0.0).count(), n / 2);
+}
+
+/// Random bytes for a row of `ty` (scales kept finite and small).
+fn random_row(ty: GgmlType, n: usize, rng: &mut impl Rng) -> Vec<u8> {
+    let mut w: Vec<u8> = (0..ty.row_bytes(n as u64).unwrap())
+        .map(|_| rng.gen())
+        .collect();
+    let nb = n / 32;
+    let d = |rng: &mut dyn rand::RngCore| {
+        half::f16::from_f32(rng.gen_range(-0.1f32..0.1)).to_le_bytes()
+    };
+    for g in 0..nb.div_ceil(4) {
+        let m = (nb - 4 * g).min(4);
+        let scales = if ty == S24 { 88 * g } else { 24 * g + 4 * m };
+        for k in 0..m {
+            w[scales + 2 * k..][..2].copy_from_slice(&d(rng));
+        }
+    }
+    w
+}
+
+/// Random rows (random bitmaps and positions: a `SparseQ8` row may claim
+/// more codes than it holds, a 2:4 group may name one position twice) give
+/// every kernel the scalar reference's result.
+#[test]
+fn random_bytes_match_the_reference() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for (ty, ft, lens) in [
+        (
+            sparse(32),
+            FrugalType::SparseQ8 { keep: 32 },
+            &[64usize, 128, 192, 576][..],
+        ),
+        (
+            sparse(20),
+            FrugalType::SparseQ8 { keep: 20 },
+            &[64, 320][..],
+        ),
+        (
+            S24,
+            FrugalType::Sparse24Q8,
+            &[32, 64, 96, 128, 160, 576, 896][..],
+        ),
+    ] {
+        for &n in lens {
+            for _ in 0..20 {
+                let w = random_row(ty, n, &mut rng);
+                let a = q8_acts(n, &mut rng);
+                let want = dot_impls(ft)[0].1(n, &w, &a);
+                for (name, f) in dot_impls(ft) {
+                    let got = f(n, &w, &a);
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "{ty} {name} n={n}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The matmul (the AVX-512 4-row kernels where this CPU has them) against
+/// the scalar reference, for one token and several, on rows that are not
+/// whole groups of 4 blocks, row counts that are not multiples of 4, and
+/// matrices with hostile rows among good ones.
+#[test]
+fn matmul_matches_the_reference() {
+    use frugal_kernels::matmul::{matmul, matmul_ref, QMatrix, QuantizedActs};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    for (ty, lens) in [
+        (sparse(32), &[64usize, 128, 192, 576, 896][..]),
+        (sparse(40), &[64, 320][..]),
+        (S24, &[32, 64, 96, 160, 576, 896][..]),
+    ] {
+        for &n in lens {
+            for rows in [1usize, 6, 33] {
+                let rb = ty.row_bytes(n as u64).unwrap() as usize;
+                let mut w = Vec::with_capacity(rows * rb);
+                for r in 0..rows {
+                    let row = match r % 5 {
+                        3 => random_row(ty, n, &mut rng),
+                        4 if ty != S24 => hostile_sq8_row(ty, n, 0x91),
+                        _ => quantize(ty, &row(n, 0.5, &mut rng)),
+                    };
+                    assert_eq!(row.len(), rb);
+                    w.extend_from_slice(&row);
+                }
+                let m = QMatrix::new(ty, rows, n, &w);
+                for n_tok in [1usize, 3] {
+                    let x: Vec<f32> = (0..n_tok * n)
+                        .map(|_| rng.gen_range(-3.0f32..3.0))
+                        .collect();
+                    let mut acts = QuantizedActs::new();
+                    acts.quantize(GgmlType::Q8_0, &x, n_tok, n);
+                    let mut got = vec![f32::NAN; n_tok * rows];
+                    let mut want = vec![f32::NAN; n_tok * rows];
+                    matmul(&m, &acts, &mut got);
+                    matmul_ref(&m, &acts, &mut want);
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                            "{ty} {rows}x{n} n_tok={n_tok} element {i}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1,27 +1,32 @@
 //! Kernels of the sparse int8 types, which make pruning pay on a CPU: only
 //! the kept weights' codes are stored and read.
 //!
-//! * `SQ8_{keep}of64` ([`FrugalType::SparseQ8`]): unstructured. Per block of
-//!   32, a bitmap and a scale; the kept codes packed after the row's headers.
-//!   At 50 % (keep 32) a weight costs 5.5 bits against Q8_0's 8.5.
+//! * `SQ8_{keep}of64` ([`FrugalType::SparseQ8`]): unstructured. Per group
+//!   of 4 blocks of 32, two 64-bit bitmaps and 4 scales; the kept codes
+//!   packed after the row's headers. At 50 % (keep 32) a weight costs 5.5
+//!   bits against Q8_0's 8.5.
 //! * `SQ8_2of4` ([`FrugalType::Sparse24Q8`]): 2:4, 16 codes and their 2-bit
 //!   positions per block of 32; also 5.5 bits per weight.
 //!
 //! Both take Q8_0 activations, so their results are Q8_0's for the same
 //! kept codes. [`scalar`] holds the references (and the packers that turn
-//! pruned Q8_0 rows into these layouts); `avx512` the SIMD dot products,
-//! tested against them.
+//! pruned Q8_0 rows into these layouts); `avx512` the SIMD dot products and
+//! the matrix-vector kernel the matmul uses for them (four rows at a time,
+//! on the activations packed for the dense AVX-512 kernels), `avx2` dot
+//! products for CPUs without those, all tested against the references.
 
 pub mod scalar;
 
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 
 use crate::traits::{Isa, TypeTraits, VecDot};
 use frugal_formats::{FrugalType, GgmlType};
 
-/// The dot products of `t`: the scalar reference, and the AVX-512 one where
-/// this CPU has it.
+/// The dot products of `t`: the scalar reference, and the AVX2 and AVX-512
+/// ones where this CPU has them.
 pub fn dot_impls(t: FrugalType) -> Vec<(&'static str, VecDot)> {
     let mut v: Vec<(&'static str, VecDot)> = Vec::new();
     let sparse = matches!(t, FrugalType::SparseQ8 { .. });
@@ -33,6 +38,17 @@ pub fn dot_impls(t: FrugalType) -> Vec<(&'static str, VecDot)> {
             scalar::vec_dot_s24_q8_0
         },
     ));
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        v.push((
+            "avx2",
+            if sparse {
+                avx2::vec_dot_sparse_q8_0
+            } else {
+                avx2::vec_dot_s24_q8_0
+            },
+        ));
+    }
     #[cfg(target_arch = "x86_64")]
     if avx512::available() {
         v.push((
@@ -56,10 +72,18 @@ pub fn register(isa: Isa, table: &mut Vec<TypeTraits>) {
             _ => continue,
         };
         let impls = dot_impls(t);
-        let (vec_dot, name) = match impls.iter().find(|(n, _)| *n == "avx512") {
-            Some(&(n, f)) if isa == Isa::Avx512 => (f, n),
-            _ => (impls[0].1, impls[0].0),
+        // The best this CPU has, within `isa` (AVX-512 CPUs without VBMI2
+        // take the AVX2 kernels).
+        let allowed: &[&str] = match isa {
+            Isa::Avx512 => &["avx512", "avx2"],
+            Isa::Avx2 => &["avx2"],
+            Isa::Scalar => &[],
         };
+        let (name, vec_dot) = allowed
+            .iter()
+            .find_map(|want| impls.iter().find(|(n, _)| n == want))
+            .copied()
+            .unwrap_or(impls[0]);
         table.push(TypeTraits {
             ty: GgmlType::Frugal(t),
             vec_dot_type: GgmlType::Q8_0,

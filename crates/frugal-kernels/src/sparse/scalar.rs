@@ -1,52 +1,59 @@
 //! Reference codecs and dot products of the sparse int8 types (see
 //! [`frugal_formats::FrugalType::SparseQ8`] and `Sparse24Q8` for the
 //! layouts). Activations are Q8_0 blocks (f16 scale, 32 i8 codes).
+//!
+//! Both layouts go by groups of four blocks (128 weights; a row's last group
+//! may hold fewer), the unit the SIMD kernels take at once. Within a group,
+//! "lane" `16k + i` of half `h` (0 or 1) is weight `16h + i` of block `k`:
+//! the order in which the AVX-512 kernels hold a group in two registers
+//! (the activations' order in `legacy::packed::ActQuad`).
 
 use crate::legacy::blocks::QK;
 use crate::legacy::scalar::quantize_q8_0_ref;
 use half::f16;
 
-/// Bytes of a block header of `SparseQ8`: u32 bitmap, f16 scale.
+/// Bytes of the headers of `SparseQ8` per block (bitmap, scale).
 pub const SPARSE_HEADER: usize = 6;
-/// Bytes of a `Sparse24Q8` block: f16 scale, u32 positions, 16 codes.
+/// Bytes of `Sparse24Q8` per block: f16 scale, u32 of positions, 16 codes.
 pub const S24_BLOCK: usize = 22;
 /// Bytes of a Q8_0 activation block.
 pub const A_BLOCK: usize = 34;
+/// Blocks per group.
+pub const GROUP: usize = 4;
+/// `SparseQ8` codes are stored as `q ^ CODE_BIAS`, i.e. `q + 128` as an
+/// unsigned byte.
+pub const CODE_BIAS: u8 = 0x80;
 
 #[inline]
 pub(crate) fn ld_f16(b: &[u8]) -> f32 {
     f16::from_le_bytes([b[0], b[1]]).to_f32()
 }
 
+/// Little-endian unsigned integer of the bytes `b` (at most 8).
 #[inline]
-pub(crate) fn ld_u32(b: &[u8]) -> u32 {
-    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+fn ld_bits(b: &[u8]) -> u64 {
+    b.iter().rev().fold(0u64, |v, &x| v << 8 | x as u64)
 }
 
-/// For each of the 256 values of a byte of 2:4 positions (two groups: low
-/// nibble `i0 | i1 << 2` for the first, high nibble for the second), the
-/// byte of the two groups' 4-bit masks.
-pub(crate) static S24_MASK: [u8; 256] = {
-    const fn nib(n: usize) -> u8 {
-        (1u8 << (n & 3)) | (1u8 << ((n >> 2) & 3))
-    }
-    let mut t = [0u8; 256];
-    let mut b = 0;
-    while b < 256 {
-        t[b] = nib(b & 15) | (nib(b >> 4) << 4);
-        b += 1;
-    }
-    t
-};
-
-/// The 32-bit mask of a 2:4 block's kept weights, from its positions.
+/// Blocks in group `g` of a row of `nb` blocks.
 #[inline]
-pub fn s24_mask(pos: u32) -> u32 {
-    let b = pos.to_le_bytes();
-    S24_MASK[b[0] as usize] as u32
-        | (S24_MASK[b[1] as usize] as u32) << 8
-        | (S24_MASK[b[2] as usize] as u32) << 16
-        | (S24_MASK[b[3] as usize] as u32) << 24
+pub fn group_blocks(nb: usize, g: usize) -> usize {
+    (nb - g * GROUP).min(GROUP)
+}
+
+/// What the layout walkers report, in order: a kept weight's code, then at
+/// the end of each group the group's scales.
+enum Item<'a> {
+    /// Block, weight within the block, code.
+    Code(usize, usize, i8),
+    /// First block of the group, its f16 scales.
+    Scales(usize, &'a [u8]),
+}
+
+/// Block and weight (within the block) of lane `l` of half `h`.
+#[inline]
+fn lane_weight(h: usize, l: usize) -> (usize, usize) {
+    (l / 16, 16 * h + l % 16)
 }
 
 /// Code bytes a `SparseQ8` row of `n` weights has room for, given its size.
@@ -54,42 +61,96 @@ pub fn sparse_capacity(n: usize, row_bytes: usize) -> usize {
     row_bytes - n / QK * SPARSE_HEADER
 }
 
-/// One `SparseQ8` row (`src`, of `dst.len()` weights) into floats.
-pub fn dequantize_sparse(src: &[u8], dst: &mut [f32]) {
-    let nb = dst.len() / QK;
+/// Visits the kept weights of a `SparseQ8` row of `nb` blocks, group by
+/// group (see [`Item`]). Codes the bitmaps claim beyond the row's
+/// bytes (a hostile row) read as 0.
+fn sparse_walk<'a>(nb: usize, src: &'a [u8], mut f: impl FnMut(Item<'a>)) {
     let (heads, vals) = src.split_at(nb * SPARSE_HEADER);
     let mut at = 0;
-    for (h, out) in heads
-        .chunks_exact(SPARSE_HEADER)
-        .zip(dst.chunks_exact_mut(QK))
-    {
-        let (mask, d) = (ld_u32(h), ld_f16(&h[4..]));
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = if mask >> j & 1 == 1 {
-                at += 1;
-                // A hostile row may claim more codes than it holds: zeros.
-                d * vals.get(at - 1).copied().unwrap_or(0) as i8 as f32
-            } else {
-                0.0
-            };
+    for g in 0..nb.div_ceil(GROUP) {
+        let m = group_blocks(nb, g);
+        let h = &heads[g * GROUP * SPARSE_HEADER..][..m * SPARSE_HEADER];
+        for half in 0..2 {
+            let bits = ld_bits(&h[2 * m * half..][..2 * m]);
+            for l in 0..16 * m {
+                if bits >> l & 1 == 1 {
+                    let (k, j) = lane_weight(half, l);
+                    let q = vals.get(at).map_or(0, |&v| (v ^ CODE_BIAS) as i8);
+                    f(Item::Code(4 * g + k, j, q));
+                    at += 1;
+                }
+            }
         }
+        f(Item::Scales(4 * g, &h[4 * m..]));
     }
 }
 
-/// `Sparse24Q8` blocks into floats.
-pub fn dequantize_s24(src: &[u8], dst: &mut [f32]) {
-    for (b, out) in src.chunks_exact(S24_BLOCK).zip(dst.chunks_exact_mut(QK)) {
-        let (d, mask) = (ld_f16(b), s24_mask(ld_u32(&b[2..])));
-        let mut k = 0;
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = if mask >> j & 1 == 1 {
-                k += 1;
-                d * b[6 + k - 1] as i8 as f32
-            } else {
-                0.0
-            };
+/// One `SparseQ8` row (`src`, of `dst.len()` weights) into floats.
+pub fn dequantize_sparse(src: &[u8], dst: &mut [f32]) {
+    let nb = dst.len() / QK;
+    dst.fill(0.0);
+    let mut q = vec![0i8; nb * QK];
+    sparse_walk(nb, src, |it| match it {
+        Item::Code(k, j, c) => q[k * QK + j] = c,
+        Item::Scales(k0, ds) => {
+            for (k, d) in (k0..).zip(ds.chunks_exact(2).map(ld_f16)) {
+                for (o, &c) in dst[k * QK..][..QK].iter_mut().zip(&q[k * QK..][..QK]) {
+                    if c != 0 {
+                        *o = d * c as f32;
+                    }
+                }
+            }
         }
+    });
+}
+
+/// Position (0..4, within its group of 4 weights) of code `c` of block `k`
+/// of a `Sparse24Q8` group of `m` blocks whose positions are `pos`.
+#[inline]
+fn s24_pos(pos: &[u8], m: usize, k: usize, c: usize) -> usize {
+    let half = &pos[2 * m * (c / 8) + 2 * k..];
+    let bits = u16::from_le_bytes([half[0], half[1]]);
+    (bits >> (2 * (c % 8)) & 3) as usize
+}
+
+/// Visits the 16 codes of every block of a `Sparse24Q8` row of `nb` blocks,
+/// group by group (see [`Item`]).
+fn s24_walk<'a>(nb: usize, src: &'a [u8], mut f: impl FnMut(Item<'a>)) {
+    let mut off = 0;
+    for g in 0..nb.div_ceil(GROUP) {
+        let m = group_blocks(nb, g);
+        let grp = &src[off..off + m * S24_BLOCK];
+        off += m * S24_BLOCK;
+        let (ds, rest) = grp.split_at(2 * m);
+        let (pos, codes) = rest.split_at(4 * m);
+        for k in 0..m {
+            for c in 0..16 {
+                let j = 4 * (c / 2) + s24_pos(pos, m, k, c);
+                f(Item::Code(4 * g + k, j, codes[16 * k + c] as i8));
+            }
+        }
+        f(Item::Scales(4 * g, ds));
     }
+}
+
+/// `Sparse24Q8` blocks into floats. A hostile row naming one position twice
+/// gets the sum of the two codes there (as its dot products do).
+pub fn dequantize_s24(src: &[u8], dst: &mut [f32]) {
+    let nb = dst.len() / QK;
+    dst.fill(0.0);
+    let mut q = vec![0i32; nb * QK];
+    s24_walk(nb, src, |it| match it {
+        Item::Code(k, j, c) => q[k * QK + j] += c as i32,
+        Item::Scales(k0, ds) => {
+            for (k, d) in (k0..).zip(ds.chunks_exact(2).map(ld_f16)) {
+                for (o, &c) in dst[k * QK..][..QK].iter_mut().zip(&q[k * QK..][..QK]) {
+                    if c != 0 {
+                        *o = d * c as f32;
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Keeps the `keep` largest |x| of `x` (ties: the earlier) and zeroes the rest.
@@ -121,15 +182,13 @@ pub fn quantize_sparse(src: &[f32], dst: &mut [u8]) {
 /// Reference quantizer of `Sparse24Q8`: in every group of 4 the two
 /// largest |x| are kept (ties: the earlier), rounded by Q8_0's reference quantizer.
 pub fn quantize_s24(src: &[f32], dst: &mut [u8]) {
-    for (x, o) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(S24_BLOCK)) {
-        let mut x: [f32; QK] = x.try_into().expect("a block");
-        for g in x.chunks_exact_mut(4) {
-            keep_largest(g, 2);
-        }
-        let mut q = [0u8; A_BLOCK];
-        quantize_q8_0_ref(&x, &mut q);
-        pack_s24(&q, o).expect("two kept per group");
+    let mut x = src.to_vec();
+    for g in x.chunks_exact_mut(4) {
+        keep_largest(g, 2);
     }
+    let mut q = vec![0u8; x.len() / QK * A_BLOCK];
+    quantize_q8_0_ref(&x, &mut q);
+    pack_s24(&q, dst).expect("two kept per group");
 }
 
 /// Packs a row of Q8_0 blocks (`q8`) whose zero codes are the pruned weights
@@ -139,113 +198,129 @@ pub fn pack_sparse(q8: &[u8], out: &mut [u8]) -> Result<(), String> {
     let nb = q8.len() / A_BLOCK;
     let n = nb * QK;
     let cap = sparse_capacity(n, out.len());
+    let nonzero = (0..nb)
+        .map(|b| {
+            q8[b * A_BLOCK + 2..][..QK]
+                .iter()
+                .filter(|&&c| c != 0)
+                .count()
+        })
+        .sum::<usize>();
+    if nonzero > cap {
+        return Err(format!(
+            "a row of {n} weights has more than the {cap} nonzero weights it has room for"
+        ));
+    }
     let (heads, vals) = out.split_at_mut(nb * SPARSE_HEADER);
     let mut at = 0;
-    for (b, h) in q8
-        .chunks_exact(A_BLOCK)
-        .zip(heads.chunks_exact_mut(SPARSE_HEADER))
-    {
-        let mut mask = 0u32;
-        for (j, &c) in b[2..].iter().enumerate() {
-            if c != 0 {
-                if at == cap {
-                    return Err(format!(
-                        "a row of {n} weights has more than the {cap} nonzero weights it has room for"
-                    ));
+    for g in 0..nb.div_ceil(GROUP) {
+        let m = group_blocks(nb, g);
+        let h = &mut heads[g * GROUP * SPARSE_HEADER..][..m * SPARSE_HEADER];
+        for half in 0..2 {
+            let mut bits = 0u64;
+            for l in 0..16 * m {
+                let (k, j) = lane_weight(half, l);
+                let c = q8[(4 * g + k) * A_BLOCK + 2 + j];
+                if c != 0 {
+                    bits |= 1 << l;
+                    vals[at] = c ^ CODE_BIAS;
+                    at += 1;
                 }
-                mask |= 1 << j;
-                vals[at] = c;
-                at += 1;
             }
+            h[2 * m * half..][..2 * m].copy_from_slice(&bits.to_le_bytes()[..2 * m]);
         }
-        h[..4].copy_from_slice(&mask.to_le_bytes());
-        h[4..6].copy_from_slice(&b[..2]);
+        for k in 0..m {
+            let b = &q8[(4 * g + k) * A_BLOCK..];
+            h[4 * m + 2 * k..][..2].copy_from_slice(&b[..2]);
+        }
     }
-    vals[at..].fill(0);
+    vals[at..].fill(CODE_BIAS);
     Ok(())
 }
 
 /// Packs Q8_0 blocks whose groups of 4 each hold at most two nonzero codes
-/// into `Sparse24Q8` blocks. Fails on a group with three or more.
+/// into `Sparse24Q8` groups. Fails on a group with three or more.
 pub fn pack_s24(q8: &[u8], out: &mut [u8]) -> Result<(), String> {
-    for (bi, (b, o)) in q8
-        .chunks_exact(A_BLOCK)
-        .zip(out.chunks_exact_mut(S24_BLOCK))
-        .enumerate()
-    {
-        o[..2].copy_from_slice(&b[..2]);
-        let mut pos = 0u32;
-        for g in 0..8 {
-            let c = &b[2 + 4 * g..][..4];
-            let nz: Vec<usize> = (0..4).filter(|&i| c[i] != 0).collect();
-            if nz.len() > 2 {
-                return Err(format!(
-                    "block {bi}, group {g}: {} nonzero weights where 2:4 keeps 2",
-                    nz.len()
-                ));
-            }
-            // Fill up with zero weights, keeping positions ascending.
-            let mut two: Vec<usize> = nz.clone();
-            for i in 0..4 {
-                if two.len() == 2 {
-                    break;
+    let nb = q8.len() / A_BLOCK;
+    let mut off = 0;
+    for g in 0..nb.div_ceil(GROUP) {
+        let m = group_blocks(nb, g);
+        let o = &mut out[off..off + m * S24_BLOCK];
+        off += m * S24_BLOCK;
+        for k in 0..m {
+            let bi = 4 * g + k;
+            let b = &q8[bi * A_BLOCK..][..A_BLOCK];
+            o[2 * k..2 * k + 2].copy_from_slice(&b[..2]);
+            let mut pos = [0u16; 2];
+            for quad in 0..8 {
+                let c = &b[2 + 4 * quad..][..4];
+                let nz: Vec<usize> = (0..4).filter(|&i| c[i] != 0).collect();
+                if nz.len() > 2 {
+                    return Err(format!(
+                        "block {bi}, group {quad}: {} nonzero weights where 2:4 keeps 2",
+                        nz.len()
+                    ));
                 }
-                if !two.contains(&i) {
-                    two.push(i);
+                // Fill up with zero weights, keeping positions ascending.
+                let mut two: Vec<usize> = nz.clone();
+                for i in 0..4 {
+                    if two.len() == 2 {
+                        break;
+                    }
+                    if !two.contains(&i) {
+                        two.push(i);
+                    }
+                }
+                two.sort_unstable();
+                for (t, &i) in two.iter().enumerate() {
+                    let code = 2 * quad + t;
+                    pos[code / 8] |= (i as u16) << (2 * (code % 8));
+                    o[6 * m + 16 * k + code] = c[i];
                 }
             }
-            two.sort_unstable();
-            for (k, &i) in two.iter().enumerate() {
-                pos |= (i as u32) << (2 * (2 * g + k));
-                o[6 + 2 * g + k] = c[i];
+            for (half, p) in pos.iter().enumerate() {
+                o[2 * m + 2 * m * half + 2 * k..][..2].copy_from_slice(&p.to_le_bytes());
             }
         }
-        o[2..6].copy_from_slice(&pos.to_le_bytes());
     }
     Ok(())
 }
 
-/// Σ over a block of kept codes times activation codes.
+/// Activation code of weight `j` of block `k` of a Q8_0 row `a`.
 #[inline]
-fn block_sum(mask: u32, vals: &[u8], a: &[u8]) -> (i32, usize) {
-    let mut s = 0i32;
-    let mut k = 0;
-    for (j, &av) in a.iter().enumerate().take(QK) {
-        if mask >> j & 1 == 1 {
-            s += vals.get(k).copied().unwrap_or(0) as i8 as i32 * av as i8 as i32;
-            k += 1;
-        }
+fn act(a: &[u8], k: usize, j: usize) -> i32 {
+    a[k * A_BLOCK + 2 + j] as i8 as i32
+}
+
+/// Adds the blocks of a group (from block `k0`, scales `ds`, integer sums
+/// `sums`, reset) to `sum`, rounding as the SIMD kernels do: each block's
+/// exact integer sum times d_w · d_a.
+#[inline]
+fn add_group(sum: &mut f32, sums: &mut [i32; GROUP], k0: usize, ds: &[u8], a: &[u8]) {
+    for (i, d) in ds.chunks_exact(2).map(ld_f16).enumerate() {
+        *sum += sums[i] as f32 * (d * ld_f16(&a[(k0 + i) * A_BLOCK..]));
+        sums[i] = 0;
     }
-    (s, k)
 }
 
 /// Dot product of a `SparseQ8` row of `n` weights with a Q8_0 row.
 pub fn vec_dot_sparse_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let nb = n / QK;
-    let (heads, vals) = w.split_at(nb * SPARSE_HEADER);
-    let mut at = 0;
+    let mut sums = [0i32; GROUP];
     let mut sum = 0.0f32;
-    for (h, ab) in heads
-        .chunks_exact(SPARSE_HEADER)
-        .zip(a.chunks_exact(A_BLOCK))
-    {
-        let (s, k) = block_sum(ld_u32(h), vals.get(at..).unwrap_or(&[]), &ab[2..]);
-        at += k;
-        sum += s as f32 * ld_f16(&h[4..]) * ld_f16(ab);
-    }
+    sparse_walk(n / QK, w, |it| match it {
+        Item::Code(k, j, c) => sums[k % GROUP] += c as i32 * act(a, k, j),
+        Item::Scales(k0, ds) => add_group(&mut sum, &mut sums, k0, ds, a),
+    });
     sum
 }
 
 /// Dot product of `n` weights of `Sparse24Q8` with a Q8_0 row.
 pub fn vec_dot_s24_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut sums = [0i32; GROUP];
     let mut sum = 0.0f32;
-    for (b, ab) in w
-        .chunks_exact(S24_BLOCK)
-        .zip(a.chunks_exact(A_BLOCK))
-        .take(n / QK)
-    {
-        let (s, _) = block_sum(s24_mask(ld_u32(&b[2..])), &b[6..], &ab[2..]);
-        sum += s as f32 * ld_f16(b) * ld_f16(ab);
-    }
+    s24_walk(n / QK, w, |it| match it {
+        Item::Code(k, j, c) => sums[k % GROUP] += c as i32 * act(a, k, j),
+        Item::Scales(k0, ds) => add_group(&mut sum, &mut sums, k0, ds, a),
+    });
     sum
 }
