@@ -1,6 +1,9 @@
 //! `frugal compress --recipe` on the real SmolLM2 (fetched on first use).
 
+// Shared with the quantize and prune tests; this one needs only some of it.
+#[allow(dead_code)]
 mod common;
+#[allow(dead_code)]
 mod quantize_common;
 
 use frugal_formats::GgmlType;
