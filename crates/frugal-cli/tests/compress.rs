@@ -49,18 +49,21 @@ fn a_recipe_chains_its_stages_and_leaves_only_the_output() {
     // A typo in a recipe is an error naming it, and writes nothing.
     std::fs::write(&recipe, "[prune]\nsparsty = 0.5\n").unwrap();
     let bad = dir.path().join("bad.gguf");
-    fails(
-        &[
-            "compress",
-            "-m",
-            m.to_str().unwrap(),
-            "--recipe",
-            recipe.to_str().unwrap(),
-            "-o",
-            bad.to_str().unwrap(),
-        ],
-        "sparsty",
-    );
+    let compress_fails = |needle: &str| {
+        fails(
+            &[
+                "compress",
+                "-m",
+                m.to_str().unwrap(),
+                "--recipe",
+                recipe.to_str().unwrap(),
+                "-o",
+                bad.to_str().unwrap(),
+            ],
+            needle,
+        )
+    };
+    compress_fails("sparsty");
     // A stage that fails (more heads than the model has) stops the recipe
     // and leaves no intermediate file.
     std::fs::write(
@@ -68,18 +71,7 @@ fn a_recipe_chains_its_stages_and_leaves_only_the_output() {
         "[structured]\nmethod = \"magnitude\"\nheads = 9\n\n[quantize]\ntype = \"Q8_0\"\n",
     )
     .unwrap();
-    fails(
-        &[
-            "compress",
-            "-m",
-            m.to_str().unwrap(),
-            "--recipe",
-            recipe.to_str().unwrap(),
-            "-o",
-            bad.to_str().unwrap(),
-        ],
-        "the model has 9",
-    );
+    compress_fails("the model has 9");
     // The second stage fails after the first wrote its model: that
     // intermediate goes too.
     std::fs::write(
@@ -87,18 +79,7 @@ fn a_recipe_chains_its_stages_and_leaves_only_the_output() {
         "[structured]\nmethod = \"magnitude\"\nffn = 0.25\n\n[quantize]\ntype = \"Q9_9\"\n",
     )
     .unwrap();
-    fails(
-        &[
-            "compress",
-            "-m",
-            m.to_str().unwrap(),
-            "--recipe",
-            recipe.to_str().unwrap(),
-            "-o",
-            bad.to_str().unwrap(),
-        ],
-        "stage 2",
-    );
+    compress_fails("stage 2");
     let left = std::fs::read_dir(dir.path()).unwrap().count();
     assert_eq!(left, 2, "a failed recipe left files");
 }

@@ -26,6 +26,28 @@ fn each_block_row(file: &Path, check: impl Fn(&str, &[f32])) -> usize {
     n
 }
 
+/// `frugal prune` of model `m` into `dir/name.gguf`, calibrated on 4,096
+/// tokens of wikitext-2 valid, with the options `extra`.
+fn prune_into(dir: &Path, m: &str, name: &str, extra: &[&str]) -> std::path::PathBuf {
+    let out = dir.join(format!("{name}.gguf"));
+    let calib = common::shared().join("data/wikitext-2/valid.txt");
+    let mut args = vec![
+        "prune",
+        "-q",
+        "-m",
+        m,
+        "-o",
+        out.to_str().unwrap(),
+        "--calib",
+        calib.to_str().unwrap(),
+        "--calib-tokens",
+        "4096",
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+    out
+}
+
 fn zeros(x: &[f32]) -> usize {
     x.iter().filter(|&&v| v == 0.0).count()
 }
@@ -34,28 +56,8 @@ fn zeros(x: &[f32]) -> usize {
 fn pruned_rows_keep_their_share_and_calibrated_criteria_beat_magnitude() {
     let dir = tempfile::tempdir().unwrap();
     let f32_path = smollm2_f32(dir.path());
-    let (m, calib) = (
-        f32_path.to_str().unwrap().to_string(),
-        common::shared().join("data/wikitext-2/valid.txt"),
-    );
-    let run = |name: &str, extra: &[&str]| {
-        let out = dir.path().join(format!("{name}.gguf"));
-        let mut args = vec![
-            "prune",
-            "-q",
-            "-m",
-            &m,
-            "-o",
-            out.to_str().unwrap(),
-            "--calib",
-            calib.to_str().unwrap(),
-            "--calib-tokens",
-            "4096",
-        ];
-        args.extend_from_slice(extra);
-        ok(&args);
-        out
-    };
+    let m = f32_path.to_str().unwrap().to_string();
+    let run = |name: &str, extra: &[&str]| prune_into(dir.path(), &m, name, extra);
     let mag = run("mag", &["--method", "magnitude"]);
     let wanda24 = run("wanda24", &["--method", "wanda", "--pattern", "2:4"]);
     let sgpt = run("sgpt", &["--method", "sparsegpt"]);
@@ -226,25 +228,7 @@ fn structured_pruning_shrinks_the_shapes_and_refit_beats_magnitude() {
     let dir = tempfile::tempdir().unwrap();
     let f32_path = smollm2_f32(dir.path());
     let m = f32_path.to_str().unwrap().to_string();
-    let calib = common::shared().join("data/wikitext-2/valid.txt");
-    let run = |name: &str, extra: &[&str]| {
-        let out = dir.path().join(format!("{name}.gguf"));
-        let mut args = vec![
-            "prune",
-            "-q",
-            "-m",
-            &m,
-            "-o",
-            out.to_str().unwrap(),
-            "--calib",
-            calib.to_str().unwrap(),
-            "--calib-tokens",
-            "4096",
-        ];
-        args.extend_from_slice(extra);
-        ok(&args);
-        out
-    };
+    let run = |name: &str, extra: &[&str]| prune_into(dir.path(), &m, name, extra);
     let mag = run("mag", &["--method", "magnitude", "--shrink", "0.2"]);
     let refit = run("refit", &["--method", "sparsegpt", "--shrink", "0.2"]);
     let blocks = run(
