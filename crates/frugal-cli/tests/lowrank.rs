@@ -96,6 +96,8 @@ fn factored_models_load_shrink_and_whitening_beats_plain_svd() {
         GgmlType::Q8_0
     );
     assert!(src.tensor("blk.5.attn_q.weight").is_none());
+    // A quantized --type rounds the (tied) output matrix too, as quantize does.
+    assert_eq!(src.tensor("token_embd.weight").unwrap().ty, GgmlType::Q8_0);
 
     let chunks = "4";
     let (p_base, p_svd, p_white, p_q8) = (

@@ -189,11 +189,10 @@ impl Recipe {
             opt(&mut v, "--ratio", l.ratio.map(|x| x.to_string()));
             opt(&mut v, "--energy", l.energy.map(|x| x.to_string()));
             opt(&mut v, "--damp", l.damp.map(|x| x.to_string()));
-            opt(
-                &mut v,
-                "--type",
-                self.quantize.as_ref().map(|q| q.ty.clone()),
-            );
+            if let Some(q) = &self.quantize {
+                v.extend(["--type".into(), q.ty.clone()]);
+                opt(&mut v, "--output-type", q.output_type.clone());
+            }
             calib(&mut v);
             lines.push(v);
         }
@@ -346,10 +345,11 @@ mod tests {
 
     #[test]
     fn lowrank_takes_the_quantize_type() {
-        let l = lines("[lowrank]\nratio = 0.4\n[quantize]\ntype = \"Q8_0\"\n");
+        let l =
+            lines("[lowrank]\nratio = 0.4\n[quantize]\ntype = \"Q8_0\"\noutput_type = \"Q6_K\"\n");
         assert_eq!(
             l,
-            vec!["lowrank --ratio 0.4 --type Q8_0 -m in0 -o out0of1 -t 2 -q"]
+            vec!["lowrank --ratio 0.4 --type Q8_0 --output-type Q6_K -m in0 -o out0of1 -t 2 -q"]
         );
         let l = lines("[quantize]\ntype = \"Q4_0\"\n");
         assert_eq!(l, vec!["quantize --type Q4_0 -m in0 -o out0of1 -t 2 -q"]);

@@ -62,9 +62,14 @@ pub struct Args {
     #[arg(long)]
     pub energy: Option<f32>,
     /// Storage type of the factors (and of the block matrices left dense): F32, F16, BF16, or a
-    /// quantized type (Q8_0, Q4_0, ...; rounded to nearest).
+    /// quantized type (Q8_0, Q4_0, ...; rounded to nearest), which an untied token embedding
+    /// then takes too.
     #[arg(long = "type", default_value = "F32")]
     pub ty: String,
+    /// Type of the output matrix (and of the embedding when tied). Default: unchanged for a
+    /// float --type, else Q6_K (Q8_0 for 8-bit types), as frugal quantize and prune do.
+    #[arg(long)]
+    pub output_type: Option<String>,
     /// Only these kinds of block matrix are factored (comma-separated: q, k, v, o, gate, up,
     /// down). Default: all seven.
     #[arg(long, value_delimiter = ',')]
@@ -123,6 +128,14 @@ pub fn run(a: Args) -> Result<()> {
     }
     let ty: GgmlType = parse_type(&a.ty)?;
     let kinds = parse_kinds(&a.only)?;
+    let output_ty = match &a.output_type {
+        Some(t) => Some(parse_type(t)?),
+        None if ty.is_float() => None,
+        None if ty == GgmlType::Q8_0 => Some(GgmlType::Q8_0),
+        None => Some(GgmlType::Q6K),
+    };
+    // An untied embedding follows a quantized --type, as in frugal quantize.
+    let embd_ty = (!ty.is_float()).then_some(ty);
     if method.needs_calibration() && a.calib.is_none() {
         bail!(
             "--method {} needs calibration text: --calib FILE (or --method svd)",
@@ -158,6 +171,8 @@ pub fn run(a: Args) -> Result<()> {
         calib: calib.as_ref(),
         damp: a.damp,
         kinds,
+        output_ty,
+        embd_ty,
     };
     let lr = lowrank_model(&src, &model, &opts, &mut |done, _, _| {
         pb.set_position(done as u64)

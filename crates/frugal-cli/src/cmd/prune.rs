@@ -17,7 +17,7 @@ use frugal_compress::quant::{Gptq, Method, Rtn};
 use frugal_formats::gguf::GgufWriter;
 use frugal_formats::{FrugalType, GgmlType, MetaValue};
 use frugal_model::load::load_source;
-use frugal_model::Model;
+use frugal_model::{Arch, Model};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -109,8 +109,8 @@ pub struct Args {
     pub layer_sparsity: Option<String>,
     /// Structured: remove this fraction of the model's parameters (all of them, as LLM-Pruner
     /// counts; the embedding and output stay, so the blocks lose more): after any --layers, whole
-    /// query heads (the blocks' share of each GQA group, rounded down; or --heads), then FFN
-    /// channels for the rest.
+    /// query heads (the blocks' share of each GQA group, rounded down; none on Qwen2, whose
+    /// llama.cpp loader needs them all; or --heads), then FFN channels for the rest.
     #[arg(long, value_name = "R", conflicts_with_all = ["pattern", "sparsity", "ffn"])]
     pub shrink: Option<f64>,
     /// Structured: query heads to remove from every block, a multiple of the K/V heads (each GQA
@@ -438,15 +438,29 @@ fn run_structured(a: Args) -> Result<()> {
         .filter(|t| !t.name.starts_with("blk."))
         .map(|t| t.n_elements())
         .sum();
+    // llama.cpp's qwen2 loader wants Q as n_embd × n_embd (its llama loader
+    // reads head_count × key_length), so a Qwen2 file without some heads
+    // runs in frugal only: --shrink leaves Qwen2's heads alone unless asked.
+    let qwen2 = c.arch == Arch::Qwen2;
+    let heads = match a.heads {
+        None if qwen2 => Some(0),
+        h => h,
+    };
+    if qwen2 && heads.unwrap_or(0) > 0 && !a.quiet {
+        eprintln!(
+            "note: llama.cpp's qwen2 loader does not take a model with query heads removed \
+             (it wants Q as n_embd × n_embd); frugal runs it. --heads 0 keeps it loadable there."
+        );
+    }
     let spec = match a.shrink {
-        Some(r) => Spec::for_shrink(c, r, a.heads, layers, other_params),
+        Some(r) => Spec::for_shrink(c, r, heads, layers, other_params),
         None => {
             let ffn = match a.ffn {
                 Some(f) => Spec::ffn_for_fraction(c, f).map_err(|e| anyhow!(e))?,
                 None => 0,
             };
             let s = Spec {
-                heads: a.heads.unwrap_or(0),
+                heads: heads.unwrap_or(0),
                 ffn,
                 layers,
             };

@@ -6,7 +6,8 @@
 //! Each factored matrix `blk.N.X.weight` becomes `blk.N.X_a.weight` and
 //! `blk.N.X_b.weight` (see [`frugal_model::factor_names`]); a matrix the
 //! target leaves dense is stored as it was, in the factors' type. The token
-//! embedding, the output matrix and the vectors are not touched.
+//! embedding and the output matrix are not factored, only re-rounded when
+//! asked to; the vectors are not touched.
 
 use super::{rank_for_energy, rank_keeping, Decomposed, Decomposition, Factors, Target, Whitening};
 use crate::calib::{Calibration, LayerF32, LayerPass, Site};
@@ -41,6 +42,12 @@ pub struct LowRankOptions<'a> {
     pub damp: f32,
     /// Which of the [`KINDS`] may be factored.
     pub kinds: [bool; 7],
+    /// Type the output matrix (the embedding, when the model ties them) is
+    /// rounded into; `None` keeps it as it is. Decode reads the whole
+    /// output matrix every token, so a quantized model wants it quantized.
+    pub output_ty: Option<GgmlType>,
+    /// Type an untied token embedding is rounded into; `None` keeps it.
+    pub embd_ty: Option<GgmlType>,
 }
 
 /// The result: what replaces each block matrix, and a summary.
@@ -287,6 +294,38 @@ pub fn lowrank_model(
             }
         }
         progress(li + 1, n_layer, "layers");
+    }
+    let tied = model.weights.tied_output;
+    let ends = [
+        ("output.weight", if tied { None } else { opts.output_ty }),
+        (
+            "token_embd.weight",
+            if tied { opts.output_ty } else { opts.embd_ty },
+        ),
+    ];
+    for (name, want) in ends {
+        let Some(want) = want else { continue };
+        let t = tensor(src, name)?;
+        if t.ty == want {
+            continue;
+        }
+        let (rows, cols) = (t.n_rows(), t.row_len());
+        let (ty, bytes, _) =
+            encode(&to_f32(t)?, rows, cols, want).map_err(|e| format!("{name}: {e}"))?;
+        if ty != want {
+            run.out.notes.push(format!(
+                "{name}: rows of {cols} are not whole {want} blocks; used {ty}"
+            ));
+        }
+        run.out.replaced.push((
+            name.to_string(),
+            vec![QTensor {
+                name: name.to_string(),
+                ty,
+                dims: vec![cols, rows],
+                bytes,
+            }],
+        ));
     }
     Ok(run.out)
 }
