@@ -1,7 +1,7 @@
 //! `frugal lowrank`: replace block matrices by two low-rank factors, by
 //! truncated SVD or by SVD whitened with the calibration activations.
 
-use super::quantize::{calibration, check_writable, file_type, parse_type};
+use super::quantize::{calibration, check_writable, default_output_type, file_type, parse_type};
 use crate::common::{progress_bar, resolve_model};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
@@ -131,8 +131,7 @@ pub fn run(a: Args) -> Result<()> {
     let output_ty = match &a.output_type {
         Some(t) => Some(parse_type(t)?),
         None if ty.is_float() => None,
-        None if ty == GgmlType::Q8_0 => Some(GgmlType::Q8_0),
-        None => Some(GgmlType::Q6K),
+        None => Some(default_output_type(ty)),
     };
     // An untied embedding follows a quantized --type, as in frugal quantize.
     let embd_ty = (!ty.is_float()).then_some(ty);

@@ -3,7 +3,9 @@
 //! rest into a quantized type in the same pass. Or, structured: remove
 //! whole heads, FFN channels and blocks, for a smaller dense model.
 
-use super::quantize::{calibration, check_writable, file_type, parse_type, write_result};
+use super::quantize::{
+    calibration, check_writable, default_output_type, file_type, parse_type, write_result,
+};
 use crate::common::{progress_bar, resolve_model};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
@@ -231,8 +233,7 @@ pub fn run(a: Args) -> Result<()> {
         None if ty.is_float() => source_ty("output.weight")
             .or(source_ty("token_embd.weight"))
             .unwrap_or(GgmlType::F32),
-        None if ty == GgmlType::Q8_0 || sparse => GgmlType::Q8_0,
-        None => GgmlType::Q6K,
+        None => default_output_type(ty),
     };
     let embd_ty = if ty.is_float() {
         source_ty("token_embd.weight").unwrap_or(GgmlType::F32)

@@ -188,6 +188,27 @@ pub(crate) fn file_type(ty: GgmlType) -> Option<u32> {
 }
 
 /// Fails early (before minutes of work) if `out` cannot be written.
+/// The output matrix's type when the user names none, for block matrices
+/// rounded into the quantized type `ty`: Q8_0 beside 8-bit types, else Q6_K
+/// (llama.cpp's choice for its k-quant mixes).
+pub(crate) fn default_output_type(ty: GgmlType) -> GgmlType {
+    let eight_bit = ty == GgmlType::Q8_0
+        || matches!(
+            ty,
+            GgmlType::Frugal(
+                FrugalType::Affine { bits: 8, .. }
+                    | FrugalType::W8Row
+                    | FrugalType::SparseQ8 { .. }
+                    | FrugalType::Sparse24Q8
+            )
+        );
+    if eight_bit {
+        GgmlType::Q8_0
+    } else {
+        GgmlType::Q6K
+    }
+}
+
 pub(crate) fn check_writable(out: &std::path::Path) -> Result<()> {
     if out.is_dir() {
         bail!("--out {} is a directory", out.display());
@@ -258,15 +279,9 @@ pub fn run(a: Args) -> Result<()> {
         Some(sc) => format!("{sc}+{}", method.name()),
         None => method.name(),
     };
-    let eight_bit = ty == GgmlType::Q8_0
-        || matches!(
-            ty,
-            GgmlType::Frugal(FrugalType::Affine { bits: 8, .. } | FrugalType::W8Row)
-        );
     let output_ty = match &a.output_type {
         Some(t) => parse_type(t)?,
-        None if eight_bit => GgmlType::Q8_0,
-        None => GgmlType::Q6K,
+        None => default_output_type(ty),
     };
     let embd_ty = match &a.embd_type {
         Some(t) => parse_type(t)?,

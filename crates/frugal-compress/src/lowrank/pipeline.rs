@@ -127,26 +127,15 @@ impl Run<'_> {
             factors = rank.map(|r| d.factors(r, white));
         }
         let Some(f) = factors else {
-            let (ty, bytes, back) = encode(w, rows, cols, self.opts.ty).map_err(ctx)?;
-            self.note_fallback(name, cols, ty);
             self.out.params.1 += rows * cols;
-            self.out.replaced.push((
-                name.to_string(),
-                vec![QTensor {
-                    name: name.to_string(),
-                    ty,
-                    dims: vec![cols, rows],
-                    bytes,
-                }],
-            ));
-            return Ok(back);
+            return self.store_dense(name, w, rows, cols, self.opts.ty);
         };
         let r = f.rank;
         let (na, nb) = factor_names(name);
         let (ta, a, a_back) = encode(&f.a, r, cols, self.opts.ty).map_err(ctx)?;
         let (tb, b, b_back) = encode(&f.b, rows, r, self.opts.ty).map_err(ctx)?;
-        self.note_fallback(&na, cols, ta);
-        self.note_fallback(&nb, r, tb);
+        self.note_fallback(&na, cols, ta, self.opts.ty);
+        self.note_fallback(&nb, r, tb, self.opts.ty);
         self.out.params.1 += r * (rows + cols);
         self.out.factored.0 += 1;
         self.out.ranks[k].0 += r;
@@ -171,11 +160,34 @@ impl Run<'_> {
         Ok(super::product(&b_back, &a_back, rows, r, cols))
     }
 
-    fn note_fallback(&mut self, name: &str, cols: usize, ty: GgmlType) {
-        if ty != self.opts.ty {
+    /// Stores `w` (`rows × cols`) whole, as `want` or its fallback, in place
+    /// of `name`; returns the values the model now computes with.
+    fn store_dense(
+        &mut self,
+        name: &str,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        want: GgmlType,
+    ) -> Result<Vec<f32>, String> {
+        let (ty, bytes, back) = encode(w, rows, cols, want).map_err(|e| format!("{name}: {e}"))?;
+        self.note_fallback(name, cols, ty, want);
+        self.out.replaced.push((
+            name.to_string(),
+            vec![QTensor {
+                name: name.to_string(),
+                ty,
+                dims: vec![cols, rows],
+                bytes,
+            }],
+        ));
+        Ok(back)
+    }
+
+    fn note_fallback(&mut self, name: &str, cols: usize, ty: GgmlType, want: GgmlType) {
+        if ty != want {
             self.out.notes.push(format!(
-                "{name}: rows of {cols} are not whole {} blocks; used {ty}",
-                self.opts.ty
+                "{name}: rows of {cols} are not whole {want} blocks; used {ty}"
             ));
         }
     }
@@ -309,23 +321,7 @@ pub fn lowrank_model(
         if t.ty == want {
             continue;
         }
-        let (rows, cols) = (t.n_rows(), t.row_len());
-        let (ty, bytes, _) =
-            encode(&to_f32(t)?, rows, cols, want).map_err(|e| format!("{name}: {e}"))?;
-        if ty != want {
-            run.out.notes.push(format!(
-                "{name}: rows of {cols} are not whole {want} blocks; used {ty}"
-            ));
-        }
-        run.out.replaced.push((
-            name.to_string(),
-            vec![QTensor {
-                name: name.to_string(),
-                ty,
-                dims: vec![cols, rows],
-                bytes,
-            }],
-        ));
+        run.store_dense(name, &to_f32(t)?, t.n_rows(), t.row_len(), want)?;
     }
     Ok(run.out)
 }
