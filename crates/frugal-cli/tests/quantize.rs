@@ -104,6 +104,9 @@ fn budget_bpw_mixes_types_within_the_budget_and_beats_one_type() {
         calib.to_str().unwrap(),
         "--calib-tokens",
         "1024",
+        // The default sensitivity (KLD per matrix) on fewer tokens, to keep it quick.
+        "--budget-kld-tokens",
+        "128",
     ]);
     ok(&[
         "quantize",
@@ -161,6 +164,8 @@ fn budget_types_are_the_only_candidates() {
         "5",
         "--budget-types",
         "Q4_0,FQ6a_g64",
+        "--budget-sensitivity",
+        "proxy",
         "--calib",
         calib.to_str().unwrap(),
         "--calib-tokens",
@@ -263,6 +268,38 @@ fn bad_input_gets_a_clear_error_and_no_file() {
     fails(
         &["quantize", "-m", m, "-o", o, "--budget-types", "Q4_0"],
         "--budget-bpw",
+    );
+    fails(
+        &[
+            "quantize",
+            "-m",
+            m,
+            "-o",
+            o,
+            "--budget-bpw",
+            "4",
+            "--calib",
+            c,
+            "--budget-kld-tokens",
+            "0",
+        ],
+        "--budget-kld-tokens 0",
+    );
+    fails(
+        &[
+            "quantize",
+            "-m",
+            m,
+            "-o",
+            o,
+            "--budget-bpw",
+            "4",
+            "--calib",
+            c,
+            "--budget-sensitivity",
+            "hessian",
+        ],
+        "invalid value 'hessian'",
     );
     let short = dir.path().join("short.txt");
     std::fs::write(&short, "Only a few words of calibration text.").unwrap();

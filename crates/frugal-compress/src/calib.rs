@@ -72,6 +72,22 @@ impl Calibration {
     pub fn n_tokens(&self) -> usize {
         self.seqs.iter().map(|s| s.len()).sum()
     }
+
+    /// The first `n` tokens (all of them when there are fewer), in the same
+    /// sequences; a sequence that would cross `n` is cut there.
+    pub fn prefix(&self, n: usize) -> Calibration {
+        let mut seqs = Vec::new();
+        let mut left = n;
+        for s in &self.seqs {
+            if left == 0 {
+                break;
+            }
+            let take = s.len().min(left);
+            seqs.push(s[..take].to_vec());
+            left -= take;
+        }
+        Calibration { seqs }
+    }
 }
 
 /// The matrices of one block, in f32 (row-major, rows × cols).
@@ -154,6 +170,9 @@ pub enum Site {
 const CHUNK: usize = 2048;
 
 /// The residual stream of every calibration token, advanced one block at a time.
+/// A clone forks the stream: it can then run the remaining blocks with
+/// different matrices from the original.
+#[derive(Clone)]
 pub struct LayerPass<'m> {
     model: &'m Model,
     seqs: Vec<(usize, usize)>,
@@ -286,6 +305,31 @@ impl<'m> LayerPass<'m> {
             add(&mut self.x[a * d..b * d], &o);
         }
         Ok(())
+    }
+
+    /// Runs block `li` with the matrices in `w` and the block's own norms,
+    /// gathering no statistics: for passes that only need the residual stream.
+    pub fn run_layer_plain(&mut self, li: usize, w: &LayerF32) {
+        let m = self.model;
+        let c = &m.config;
+        let layer: &Layer = &m.weights.layers[li];
+        let (d, qd, ff) = (c.n_embd, c.n_head * c.head_dim, c.n_ff);
+        let att = self.attention(layer, w, &layer.attn_norm);
+        for (a, b) in chunks(self.n_tok) {
+            let o = linear(&att[a * qd..b * qd], b - a, &w.wo, d, layer.bo.as_deref());
+            add(&mut self.x[a * d..b * d], &o);
+        }
+        drop(att);
+        // The FFN works token by token, so each chunk can go in place.
+        for (a, b) in chunks(self.n_tok) {
+            let mut xn = vec![0.0f32; (b - a) * d];
+            rms_norm(&self.x[a * d..b * d], &layer.ffn_norm, c.rms_eps, &mut xn);
+            let mut g = linear(&xn, b - a, &w.w_gate, ff, None);
+            let u = linear(&xn, b - a, &w.w_up, ff, None);
+            swiglu(&mut g, &u);
+            let o = linear(&g, b - a, &w.w_down, d, None);
+            add(&mut self.x[a * d..b * d], &o);
+        }
     }
 
     /// Statistics of the residual stream through an RMSNorm of weights `norm`.

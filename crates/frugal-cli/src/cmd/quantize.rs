@@ -39,6 +39,16 @@ pub enum MethodArg {
     Smoothquant,
 }
 
+/// How `--budget-bpw` compares the matrices' errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BudgetSensitivity {
+    /// Weighted squared output error of each matrix, scaled by the KL divergence of the model's
+    /// output when that matrix alone is rounded.
+    Kld,
+    /// Weighted squared output error of each matrix, relative to the residual stream entering it.
+    Proxy,
+}
+
 #[derive(clap::Args)]
 #[command(after_help = "\
 Formats: ggml types Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K Q4_K Q5_K Q6_K (llama.cpp reads them), or \
@@ -101,6 +111,17 @@ pub struct Args {
         requires = "budget_bpw"
     )]
     pub budget_types: Vec<String>,
+    /// With --budget-bpw: how the matrices' errors are compared. `kld`
+    /// measures, for each matrix, the KL divergence of the model's output
+    /// when that matrix alone is rounded to ~4.5 bits, and weighs its
+    /// options by it (one extra pass per matrix over --budget-kld-tokens).
+    /// `proxy` compares the one-pass weighted squared error alone (faster).
+    #[arg(long, value_enum, default_value = "kld", requires = "budget_bpw")]
+    pub budget_sensitivity: BudgetSensitivity,
+    /// With `--budget-sensitivity kld`: calibration tokens for the KLD
+    /// measurement (the first ones of --calib).
+    #[arg(long, default_value = "512", value_name = "N", requires = "budget_bpw")]
+    pub budget_kld_tokens: usize,
     /// Calibration text file (for imatrix, gptq, awq, awq-gptq and smoothquant).
     #[arg(long)]
     pub calib: Option<PathBuf>,
@@ -303,6 +324,9 @@ pub fn run(a: Args) -> Result<()> {
             v
         }
     };
+    if a.budget_kld_tokens == 0 {
+        bail!("--budget-kld-tokens 0: the KLD measurement needs at least one token");
+    }
     if let Some(b) = a.budget_bpw {
         if !(b.is_finite() && b > 0.0) {
             bail!("--budget-bpw {b}: give a positive number of bits per weight, e.g. 4.5");
@@ -346,11 +370,26 @@ pub fn run(a: Args) -> Result<()> {
             a.quiet,
             "measuring sensitivity",
         );
-        let sens = budget::measure(&src, &model, c, &candidates, &mut |done, _, _| {
+        let mut sens = budget::measure(&src, &model, c, &candidates, &mut |done, _, _| {
             pb.set_position(done as u64)
         })
         .map_err(|e| anyhow!(e))?;
         pb.finish_and_clear();
+        // A budget below the cheapest types fails here, before the KLD pass.
+        budget::allocate(&sens, bpw).map_err(|e| anyhow!(e))?;
+        if a.budget_sensitivity == BudgetSensitivity::Kld {
+            let pb = progress_bar(
+                model.config.n_layer as u64 + 1,
+                a.quiet,
+                "measuring KLD per matrix",
+            );
+            let short = c.prefix(a.budget_kld_tokens);
+            budget::weigh_by_kld(&src, &model, &short, &mut sens, &mut |done, _, _| {
+                pb.set_position(done as u64)
+            })
+            .map_err(|e| anyhow!(e))?;
+            pb.finish_and_clear();
+        }
         tensor_types = budget::allocate(&sens, bpw).map_err(|e| anyhow!(e))?;
         if !a.quiet {
             let mut count: Vec<(GgmlType, usize)> = Vec::new();

@@ -8,6 +8,14 @@
 //!    Hⱼⱼ the mean square of input channel j (the Hessian's diagonal). The
 //!    error is divided by the mean square of the residual stream entering the
 //!    layer, so layers are compared by the error relative to their signal.
+//!    [`weigh_by_kld`] then puts these proxies on one scale that
+//!    follows the model's output: for each matrix it rounds the matrix alone
+//!    to a reference type (~4.5 bits), runs the rest of the model in f32 over
+//!    a short calibration text and measures the KL divergence of the output
+//!    distribution from the float model's. The KLD per unit of proxy error
+//!    becomes the matrix's weight. The proxy is blind to where an error
+//!    goes next: Q and K feed a softmax, O and down add to the residual
+//!    directly, and later layers amplify or damp what earlier ones add.
 //! 2. [`allocate`] starts every matrix at its cheapest type and spends the
 //!    budget greedily on the upgrades with the largest error drop per extra
 //!    byte (along each matrix's lower convex hull of bytes against error).
@@ -15,9 +23,11 @@
 use super::format::TypeFormat;
 use super::method::{InputStats, Method, Rtn};
 use super::pipeline::{fit_type, matrices, slot, slot_ref, Progress};
-use crate::calib::{Calibration, LayerF32, LayerPass, Site};
+use crate::calib::{linear, Calibration, LayerF32, LayerPass, Site};
 use frugal_formats::{GgmlType, ModelSource};
-use frugal_model::{tensor_to_f32, Model};
+use frugal_kernels::activation::exp;
+use frugal_model::{rms_norm, tensor_to_f32, Model};
+use rayon::prelude::*;
 use std::collections::{BinaryHeap, HashMap};
 
 /// One matrix's choices: `(type, bytes, relative output error)`, by bytes.
@@ -131,6 +141,172 @@ pub fn measure(
         progress(li + 1, n_layer, "sensitivity");
     }
     Ok(out)
+}
+
+/// The option whose effect [`weigh_by_kld`] measures: the largest one of at
+/// most 4.5 bits per weight (the region where a budget's choices are made),
+/// and of those the one with the largest error, so that a type that happens
+/// to give the source back (a dequantized base's own grid) is not the yardstick.
+fn reference(s: &Sensitivity) -> usize {
+    let bpw = |o: &(GgmlType, usize, f64)| o.1 as f64 * 8.0 / s.elements.max(1) as f64;
+    let fits: Vec<usize> = (0..s.options.len())
+        .filter(|&i| bpw(&s.options[i]) <= 4.5 + 1e-9)
+        .collect();
+    let Some(&top) = fits.iter().max_by_key(|&&i| s.options[i].1) else {
+        return 0; // options are sorted by bytes: the cheapest
+    };
+    let size = s.options[top].1;
+    fits.into_iter()
+        .filter(|&i| s.options[i].1 == size)
+        .max_by(|&a, &b| s.options[a].2.total_cmp(&s.options[b].2))
+        .unwrap_or(top)
+}
+
+/// Row-wise `log Σ exp(z)`.
+fn log_sum_exp(z: &[f32]) -> f64 {
+    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = z.iter().map(|&v| exp(v - max) as f64).sum();
+    max as f64 + sum.ln()
+}
+
+/// Logits of the final residual stream `x` (n × n_embd), `ROWS` tokens at a
+/// time, handed to `f(first_token, logits)`.
+fn for_logits(model: &Model, out: &[f32], x: &[f32], f: &mut dyn FnMut(usize, &[f32])) {
+    const ROWS: usize = 64;
+    let c = &model.config;
+    let (d, vocab) = (c.n_embd, c.n_vocab);
+    let n = x.len() / d;
+    let mut xn = vec![0.0f32; ROWS * d];
+    for a in (0..n).step_by(ROWS) {
+        let b = (a + ROWS).min(n);
+        let xn = &mut xn[..(b - a) * d];
+        rms_norm(&x[a * d..b * d], &model.weights.output_norm, c.rms_eps, xn);
+        let z = linear(xn, b - a, out, vocab, None);
+        f(a, &z);
+    }
+}
+
+/// Puts every matrix's proxy errors on the scale of the model's output: the
+/// matrix is rounded alone to its [`reference`] type, the float model runs
+/// on from there over `calib` (keep it short: a few hundred tokens), and the
+/// mean KL divergence of the next-token distributions from the float
+/// model's, divided by the reference's proxy error, scales all of the
+/// matrix's options. All forks advance together, one block at a time, so
+/// each block's weights are read once; memory is one residual stream per
+/// matrix. A matrix whose reference error is zero gets the median scale.
+pub fn weigh_by_kld(
+    src: &ModelSource,
+    model: &Model,
+    calib: &Calibration,
+    sens: &mut [Sensitivity],
+    progress: Progress,
+) -> Result<(), String> {
+    super::pipeline::require_dense(model)?;
+    let n_layer = model.config.n_layer;
+    let index: HashMap<&str, usize> = sens
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    let mut base = LayerPass::new(model, calib).map_err(|e| e.to_string())?;
+    // (matrix, its reference error, the stream with it rounded).
+    let mut forks: Vec<(usize, f64, LayerPass)> = Vec::new();
+    progress(0, n_layer + 1, "kld sensitivity");
+    for li in 0..n_layer {
+        let mats = matrices(li);
+        let mut w = LayerF32::default();
+        for (k, (name, _)) in mats.iter().enumerate() {
+            let t = src
+                .tensor(name)
+                .ok_or_else(|| format!("the model has no tensor `{name}`"))?;
+            *slot(&mut w, k) = tensor_to_f32(t).map_err(|e| e.to_string())?;
+            t.release_pages();
+        }
+        let mut born = Vec::new();
+        for (k, (name, _)) in mats.iter().enumerate() {
+            let Some(&i) = index.get(name.as_str()) else {
+                continue;
+            };
+            let (ty, _, err) = sens[i].options[reference(&sens[i])];
+            let cols = src.tensor(name).map(|t| t.dims[0]).unwrap_or(0);
+            let rows = slot_ref(&w, k).len() / cols.max(1);
+            let fmt = TypeFormat::new(ty).map_err(|_| format!("{name}: {ty} has no quantizer"))?;
+            let bytes = Rtn
+                .quantize(slot_ref(&w, k), rows, cols, &fmt, None)
+                .map_err(|e| format!("{name}: {e}"))?;
+            let mut back = vec![0.0f32; rows * cols];
+            frugal_kernels::dequantize_rows(ty, &bytes, &mut back, cols)
+                .map_err(|e| format!("{name}: {e}"))?;
+            let float = std::mem::replace(slot(&mut w, k), back);
+            let mut fork = base.clone();
+            fork.run_layer_plain(li, &w);
+            *slot(&mut w, k) = float;
+            born.push((i, err, fork));
+        }
+        for (_, _, f) in forks.iter_mut() {
+            f.run_layer_plain(li, &w);
+        }
+        base.run_layer_plain(li, &w);
+        forks.append(&mut born);
+        progress(li + 1, n_layer + 1, "kld sensitivity");
+    }
+
+    // The float model's next-token distributions, and Σ p·ln p per token.
+    let out = tensor_to_f32(&model.weights.output).map_err(|e| e.to_string())?;
+    let vocab = model.config.n_vocab;
+    let n = base.n_tokens();
+    let mut p = vec![0.0f32; n * vocab];
+    let mut neg_entropy = vec![0.0f64; n];
+    for_logits(model, &out, base.hidden(), &mut |a, z| {
+        let rows = z.len() / vocab;
+        p[a * vocab..(a + rows) * vocab]
+            .par_chunks_exact_mut(vocab)
+            .zip(z.par_chunks_exact(vocab))
+            .zip(neg_entropy[a..a + rows].par_iter_mut())
+            .for_each(|((pr, row), ne)| {
+                let lse = log_sum_exp(row);
+                let mut s = 0.0f64;
+                for (pv, &zv) in pr.iter_mut().zip(row) {
+                    let lp = zv as f64 - lse;
+                    *pv = exp(lp as f32);
+                    s += *pv as f64 * lp;
+                }
+                *ne = s;
+            });
+    });
+    drop(base);
+
+    // KL(p‖q) = Σ p ln p − Σ p·z + log Σ exp(z), per token.
+    let mut scale: Vec<Option<f64>> = vec![None; sens.len()];
+    for (i, err, fork) in forks {
+        let mut kld = 0.0f64;
+        for_logits(model, &out, fork.hidden(), &mut |a, z| {
+            kld += z
+                .par_chunks_exact(vocab)
+                .enumerate()
+                .map(|(r, row)| {
+                    let pr = &p[(a + r) * vocab..(a + r + 1) * vocab];
+                    let pz: f64 = pr.iter().zip(row).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    neg_entropy[a + r] - pz + log_sum_exp(row)
+                })
+                .sum::<f64>();
+        });
+        let kld = (kld / n.max(1) as f64).max(0.0);
+        if err > 0.0 {
+            scale[i] = Some(kld / err);
+        }
+    }
+    progress(n_layer + 1, n_layer + 1, "kld sensitivity");
+    let mut known: Vec<f64> = scale.iter().flatten().copied().collect();
+    known.sort_by(f64::total_cmp);
+    let median = known.get(known.len() / 2).copied().unwrap_or(1.0);
+    for (s, c) in sens.iter_mut().zip(scale) {
+        let c = c.unwrap_or(median);
+        for o in s.options.iter_mut() {
+            o.2 *= c;
+        }
+    }
+    Ok(())
 }
 
 /// The options of one matrix on the lower convex hull of (bytes, error):
