@@ -83,12 +83,22 @@ fn fits_in_memory(path: &std::path::Path) -> bool {
     let Ok(size) = std::fs::metadata(path).map(|m| m.len()) else {
         return true;
     };
-    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        m.lines()
-            .find_map(|l| l.strip_prefix("MemAvailable:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-    });
-    available.is_none_or(|kb| size <= kb * 1024 / 2)
+    available_memory().is_none_or(|bytes| size <= bytes / 2)
+}
+
+/// Bytes of memory available for new work (`MemAvailable` in /proc/meminfo),
+/// where the system tells.
+pub fn available_memory() -> Option<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = m
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// A path as is; a known model name is fetched into the cache first.

@@ -88,6 +88,29 @@ impl Calibration {
         }
         Calibration { seqs }
     }
+
+    /// The sequences in consecutive groups of at most `max_tokens` tokens
+    /// each (a longer sequence is a group of its own), for passes whose
+    /// memory grows with the tokens they hold at once.
+    pub fn groups(&self, max_tokens: usize) -> Vec<Calibration> {
+        let mut out: Vec<Calibration> = Vec::new();
+        let mut held = 0;
+        for s in &self.seqs {
+            match out.last_mut() {
+                Some(g) if held + s.len() <= max_tokens => {
+                    g.seqs.push(s.clone());
+                    held += s.len();
+                }
+                _ => {
+                    out.push(Calibration {
+                        seqs: vec![s.clone()],
+                    });
+                    held = s.len();
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The matrices of one block, in f32 (row-major, rows × cols).

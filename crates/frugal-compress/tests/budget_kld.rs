@@ -5,7 +5,7 @@
 //! must compute what the statistics pass computes.
 
 use frugal_compress::calib::{linear, Calibration, LayerF32, LayerPass};
-use frugal_compress::quant::budget::{weigh_by_kld, Sensitivity};
+use frugal_compress::quant::budget::{weigh_by_kld, Sensitivity, KLD_GROUP_TOKENS};
 use frugal_formats::GgmlType;
 use frugal_model::{load, rms_norm, tensor_to_f32, LoadedModel, Model};
 use std::path::PathBuf;
@@ -19,17 +19,24 @@ fn stories() -> LoadedModel {
     load(&dir.join("stories260K.bin"), Some(&dir.join("tok512.bin"))).unwrap()
 }
 
+/// 640 tokens in three sequences: more than one group of
+/// `KLD_GROUP_TOKENS`, so the weighting must add its groups up.
 fn calibration() -> Calibration {
-    Calibration {
+    let calib = Calibration {
         seqs: vec![
             std::iter::once(1u32)
-                .chain((0..95u32).map(|i| 2 + i * 37 % 500))
+                .chain((0..255u32).map(|i| 2 + i * 37 % 500))
                 .collect(),
             std::iter::once(1u32)
-                .chain((0..63u32).map(|i| 3 + i * 101 % 480))
+                .chain((0..191u32).map(|i| 3 + i * 101 % 480))
+                .collect(),
+            std::iter::once(1u32)
+                .chain((0..191u32).map(|i| 5 + i * 53 % 490))
                 .collect(),
         ],
-    }
+    };
+    assert_eq!(calib.groups(KLD_GROUP_TOKENS).len(), 2);
+    calib
 }
 
 const NAMES: [&str; 7] = [
@@ -125,11 +132,15 @@ fn kld_weights_are_the_output_divergence_of_each_matrix_alone() {
     let m = &lm.model;
     let calib = calibration();
     // Rows of 64 values take a per-row 4-bit type, the reference (the
-    // largest option of at most 4.5 bits per weight) next to an 8-bit one.
-    // Down's rows of 172 fit no quantized type: it is left out, and the
-    // weighting must skip it.
+    // largest option of at most 4.5 bits per weight), between a cheaper
+    // 3-bit one and an 8-bit one. Down's rows of 172 fit no quantized type:
+    // it is left out, and the weighting must skip it.
+    let q3 = GgmlType::from_name("FQ3a_row").unwrap();
     let q4 = GgmlType::from_name("FQ4a_row").unwrap();
     let q8 = GgmlType::from_name("FQ8a_row").unwrap();
+    // One matrix whose reference rounds without error cannot be measured
+    // against it: it must get the median of the others' scales.
+    let unmeasured = "blk.0.attn_q.weight";
     let mut sens = Vec::new();
     for li in 0..m.config.n_layer {
         for short in &NAMES[..6] {
@@ -137,11 +148,24 @@ fn kld_weights_are_the_output_divergence_of_each_matrix_alone() {
             let t = lm.source.tensor(&name).unwrap();
             let (cols, rows) = (t.dims[0] as u64, t.dims[1] as u64);
             let bytes = |ty: GgmlType| (ty.row_bytes(cols).unwrap() * rows) as usize;
+            let options = if name == unmeasured {
+                vec![
+                    (q3, bytes(q3), 6.0),
+                    (q4, bytes(q4), 0.0),
+                    (q8, bytes(q8), 0.0),
+                ]
+            } else {
+                vec![
+                    (q3, bytes(q3), 6.0),
+                    (q4, bytes(q4), 2.0),
+                    (q8, bytes(q8), 0.5),
+                ]
+            };
             sens.push(Sensitivity {
                 name,
                 elements: (rows * cols) as usize,
                 // Arbitrary proxies: the weighting rescales them.
-                options: vec![(q4, bytes(q4), 2.0), (q8, bytes(q8), 0.5)],
+                options,
             });
         }
     }
@@ -150,10 +174,14 @@ fn kld_weights_are_the_output_divergence_of_each_matrix_alone() {
 
     let base = log_probs(m, &stream(&lm, &calib, None));
     let mut klds = Vec::new();
+    let mut scales = Vec::new();
     for (li, l) in m.weights.layers.iter().enumerate() {
         let mut w = LayerF32::of(l).unwrap();
         for (k, short) in NAMES[..6].iter().enumerate() {
             let name = format!("blk.{li}.{short}.weight");
+            if name == unmeasured {
+                continue;
+            }
             let i = sens.iter().position(|s| s.name == name).unwrap();
             let ref4 = sens[i].options.iter().position(|o| o.0 == q4).unwrap();
             // The matrix rounded to the reference type, as the weighting does.
@@ -186,11 +214,38 @@ fn kld_weights_are_the_output_divergence_of_each_matrix_alone() {
                 assert!((o.2 - c * b.2).abs() <= 1e-9 * o.2.abs().max(1e-30));
             }
             klds.push(kld);
+            scales.push(c);
         }
     }
+    scales.sort_by(f64::total_cmp);
+    let median = scales[scales.len() / 2];
+    let i = sens.iter().position(|s| s.name == unmeasured).unwrap();
+    let got = sens[i].options[0].2 / before[i].options[0].2;
+    assert!(
+        (got - median).abs() <= 1e-9 * median,
+        "{unmeasured}: scale {got:.6e}, the others' median {median:.6e}"
+    );
     // The point of measuring: the matrices differ in how much they matter.
     let (lo, hi) = klds
         .iter()
         .fold((f64::MAX, 0.0f64), |(a, b), &k| (a.min(k), b.max(k)));
     assert!(hi > 5.0 * lo, "divergences {lo:.3e}..{hi:.3e}");
+}
+
+#[test]
+fn calibration_groups_keep_order_and_bound_their_tokens() {
+    let seq = |n: usize, first: u32| (first..first + n as u32).collect::<Vec<u32>>();
+    let calib = Calibration {
+        seqs: vec![seq(300, 0), seq(200, 1000), seq(700, 2000), seq(10, 3000)],
+    };
+    let groups = calib.groups(512);
+    let lens: Vec<Vec<usize>> = groups
+        .iter()
+        .map(|g| g.seqs.iter().map(|s| s.len()).collect())
+        .collect();
+    // 300 + 200 fit; 700 is longer than a group and stands alone; 10 follows.
+    assert_eq!(lens, vec![vec![300, 200], vec![700], vec![10]]);
+    let flat: Vec<&Vec<u32>> = groups.iter().flat_map(|g| &g.seqs).collect();
+    assert_eq!(flat, calib.seqs.iter().collect::<Vec<_>>());
+    assert!(Calibration { seqs: vec![] }.groups(512).is_empty());
 }

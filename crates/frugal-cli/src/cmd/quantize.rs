@@ -1,6 +1,6 @@
 //! `frugal quantize`: a model through a rounding method into a storage format.
 
-use crate::common::{progress_bar, resolve_model};
+use crate::common::{available_memory, progress_bar, resolve_model};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
 use frugal_compress::calib::Calibration;
@@ -95,9 +95,10 @@ pub struct Args {
     pub embd_type: Option<String>,
     /// Mixed precision: give each block matrix its own type (of
     /// --budget-types, llama.cpp's fallbacks applied) so the whole stays within this many bits
-    /// per weight, spending bits where a one-pass sensitivity measurement on
-    /// the calibration text says they cut the most output error. Needs --calib;
-    /// --type is then optional (it only sets the default output type).
+    /// per weight, spending bits where the sensitivity measured on the
+    /// calibration text (see --budget-sensitivity) says they cut the most
+    /// output error. Needs --calib; --type is then optional (it only sets the
+    /// default output type).
     #[arg(long, value_name = "BPW")]
     pub budget_bpw: Option<f64>,
     /// With --budget-bpw: the candidate types, comma-separated. Default:
@@ -113,13 +114,16 @@ pub struct Args {
     pub budget_types: Vec<String>,
     /// With --budget-bpw: how the matrices' errors are compared. `kld`
     /// measures, for each matrix, the KL divergence of the model's output
-    /// when that matrix alone is rounded to ~4.5 bits, and weighs its
-    /// options by it (one extra pass per matrix over --budget-kld-tokens).
-    /// `proxy` compares the one-pass weighted squared error alone (faster).
+    /// when that matrix alone is rounded (to the largest candidate of at
+    /// most 4.5 bpw, else the cheapest), and weighs its options by it (one
+    /// extra pass per matrix over --budget-kld-tokens). `proxy` compares the
+    /// one-pass weighted squared error alone (faster).
     #[arg(long, value_enum, default_value = "kld", requires = "budget_bpw")]
     pub budget_sensitivity: BudgetSensitivity,
     /// With `--budget-sensitivity kld`: calibration tokens for the KLD
-    /// measurement (the first ones of --calib).
+    /// measurement, the first ones of --calib. They are run 512 at a time
+    /// (or one --calib-ctx sequence, if longer), so time grows with N and
+    /// memory does not. Ignored with `proxy`.
     #[arg(long, default_value = "512", value_name = "N", requires = "budget_bpw")]
     pub budget_kld_tokens: usize,
     /// Calibration text file (for imatrix, gptq, awq, awq-gptq and smoothquant).
@@ -378,13 +382,21 @@ pub fn run(a: Args) -> Result<()> {
         // A budget below the cheapest types fails here, before the KLD pass.
         budget::allocate(&sens, bpw).map_err(|e| anyhow!(e))?;
         if a.budget_sensitivity == BudgetSensitivity::Kld {
-            let pb = progress_bar(
-                model.config.n_layer as u64 + 1,
-                a.quiet,
-                "measuring KLD per matrix",
-            );
             let short = c.prefix(a.budget_kld_tokens);
-            budget::weigh_by_kld(&src, &model, &short, &mut sens, &mut |done, _, _| {
+            let need = budget::kld_memory_bytes(&model, &short, sens.len());
+            if let Some(have) = available_memory().filter(|&have| need > have) {
+                bail!(
+                    "--calib-ctx {}: the KLD measurement would hold about {:.1} GB at once \
+                     (a residual stream per matrix and the next-token probabilities for one \
+                     sequence), more than the {:.1} GB available; give shorter sequences",
+                    a.calib_ctx,
+                    need as f64 / 1e9,
+                    have as f64 / 1e9
+                );
+            }
+            let pb = progress_bar(1, a.quiet, "measuring KLD per matrix");
+            budget::weigh_by_kld(&src, &model, &short, &mut sens, &mut |done, total, _| {
+                pb.set_length(total as u64);
                 pb.set_position(done as u64)
             })
             .map_err(|e| anyhow!(e))?;

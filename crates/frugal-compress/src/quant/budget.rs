@@ -186,14 +186,34 @@ fn for_logits(model: &Model, out: &[f32], x: &[f32], f: &mut dyn FnMut(usize, &[
     }
 }
 
+/// Calibration tokens that [`weigh_by_kld`] runs through the model at once:
+/// more are measured group by group, so memory does not grow with them.
+pub const KLD_GROUP_TOKENS: usize = 512;
+
+/// Bytes that [`weigh_by_kld`] holds at its peak over `calib` with
+/// `n_matrices` measured matrices: for its largest group of tokens, a
+/// residual stream per matrix and one for the float model, and the float
+/// model's next-token probabilities; and the output matrix in f32.
+pub fn kld_memory_bytes(model: &Model, calib: &Calibration, n_matrices: usize) -> u64 {
+    let c = &model.config;
+    let n = calib
+        .groups(KLD_GROUP_TOKENS)
+        .iter()
+        .map(|g| g.n_tokens())
+        .max()
+        .unwrap_or(0) as u64;
+    let (d, vocab) = (c.n_embd as u64, c.n_vocab as u64);
+    4 * ((n_matrices as u64 + 1) * n * d + n * vocab + vocab * d)
+}
+
 /// Puts every matrix's proxy errors on the scale of the model's output: the
 /// matrix is rounded alone to its [`reference`] type, the float model runs
-/// on from there over `calib` (keep it short: a few hundred tokens), and the
-/// mean KL divergence of the next-token distributions from the float
-/// model's, divided by the reference's proxy error, scales all of the
-/// matrix's options. All forks advance together, one block at a time, so
-/// each block's weights are read once; memory is one residual stream per
-/// matrix. A matrix whose reference error is zero gets the median scale.
+/// on from there over `calib`, and the mean KL divergence of the next-token
+/// distributions from the float model's, divided by the reference's proxy
+/// error, scales all of the matrix's options. A matrix whose reference
+/// error is zero gets the median scale; none gets less than a thousandth of
+/// it, so that a measured KLD of about zero still orders the matrix's
+/// options instead of flattening them.
 pub fn weigh_by_kld(
     src: &ModelSource,
     model: &Model,
@@ -202,6 +222,52 @@ pub fn weigh_by_kld(
     progress: Progress,
 ) -> Result<(), String> {
     super::pipeline::require_dense(model)?;
+    let groups = calib.groups(KLD_GROUP_TOKENS);
+    // Steps per group: one per block, then one per matrix's logits and KLD.
+    let per_group = model.config.n_layer + sens.len();
+    let steps = groups.len() * per_group;
+    progress(0, steps, "kld sensitivity");
+    // Per matrix: its reference error and the summed KLD over all tokens.
+    let mut sums: Vec<Option<(f64, f64)>> = vec![None; sens.len()];
+    for (g, group) in groups.iter().enumerate() {
+        let mut step = |s: usize| progress(g * per_group + s, steps, "kld sensitivity");
+        for (i, err, kld) in kld_sums(src, model, group, sens, &mut step)? {
+            sums[i].get_or_insert((err, 0.0)).1 += kld;
+        }
+    }
+    progress(steps, steps, "kld sensitivity");
+    let n = calib.n_tokens().max(1) as f64;
+    let scale: Vec<Option<f64>> = sums
+        .into_iter()
+        .map(|s| match s {
+            Some((err, kld)) if err > 0.0 => Some((kld / n).max(0.0) / err),
+            _ => None,
+        })
+        .collect();
+    let mut known: Vec<f64> = scale.iter().flatten().copied().collect();
+    known.sort_by(f64::total_cmp);
+    let median = known.get(known.len() / 2).copied().unwrap_or(1.0);
+    let floor = median * 1e-3;
+    for (s, c) in sens.iter_mut().zip(scale) {
+        let c = c.unwrap_or(median).max(floor);
+        for o in s.options.iter_mut() {
+            o.2 *= c;
+        }
+    }
+    Ok(())
+}
+
+/// For one group of calibration sequences: per measured matrix, (its index
+/// in `sens`, its reference error, the KL divergence summed over the
+/// group's tokens). All forks advance together, one block at a time, so each
+/// block's weights are read once; memory is one residual stream per matrix.
+fn kld_sums(
+    src: &ModelSource,
+    model: &Model,
+    calib: &Calibration,
+    sens: &[Sensitivity],
+    step: &mut dyn FnMut(usize),
+) -> Result<Vec<(usize, f64, f64)>, String> {
     let n_layer = model.config.n_layer;
     let index: HashMap<&str, usize> = sens
         .iter()
@@ -211,7 +277,6 @@ pub fn weigh_by_kld(
     let mut base = LayerPass::new(model, calib).map_err(|e| e.to_string())?;
     // (matrix, its reference error, the stream with it rounded).
     let mut forks: Vec<(usize, f64, LayerPass)> = Vec::new();
-    progress(0, n_layer + 1, "kld sensitivity");
     for li in 0..n_layer {
         let mats = matrices(li);
         let mut w = LayerF32::default();
@@ -248,37 +313,43 @@ pub fn weigh_by_kld(
         }
         base.run_layer_plain(li, &w);
         forks.append(&mut born);
-        progress(li + 1, n_layer + 1, "kld sensitivity");
+        step(li + 1);
     }
 
-    // The float model's next-token distributions, and Σ p·ln p per token.
+    // The float model's next-token distributions p (stored in f32), and per
+    // token Σ p·ln p and Σ p, the latter so that p's rounding does not bias
+    // the small divergences of insensitive matrices.
     let out = tensor_to_f32(&model.weights.output).map_err(|e| e.to_string())?;
     let vocab = model.config.n_vocab;
     let n = base.n_tokens();
     let mut p = vec![0.0f32; n * vocab];
     let mut neg_entropy = vec![0.0f64; n];
+    let mut mass = vec![0.0f64; n];
     for_logits(model, &out, base.hidden(), &mut |a, z| {
         let rows = z.len() / vocab;
         p[a * vocab..(a + rows) * vocab]
             .par_chunks_exact_mut(vocab)
             .zip(z.par_chunks_exact(vocab))
             .zip(neg_entropy[a..a + rows].par_iter_mut())
-            .for_each(|((pr, row), ne)| {
+            .zip(mass[a..a + rows].par_iter_mut())
+            .for_each(|(((pr, row), ne), m)| {
                 let lse = log_sum_exp(row);
-                let mut s = 0.0f64;
+                let (mut s, mut sum) = (0.0f64, 0.0f64);
                 for (pv, &zv) in pr.iter_mut().zip(row) {
                     let lp = zv as f64 - lse;
                     *pv = exp(lp as f32);
                     s += *pv as f64 * lp;
+                    sum += *pv as f64;
                 }
                 *ne = s;
+                *m = sum;
             });
     });
     drop(base);
 
-    // KL(p‖q) = Σ p ln p − Σ p·z + log Σ exp(z), per token.
-    let mut scale: Vec<Option<f64>> = vec![None; sens.len()];
-    for (i, err, fork) in forks {
+    // KL(p‖q) = Σ p ln p − Σ p·z + (Σ p)·log Σ exp(z), per token.
+    let mut sums = Vec::with_capacity(forks.len());
+    for (j, (i, err, fork)) in forks.into_iter().enumerate() {
         let mut kld = 0.0f64;
         for_logits(model, &out, fork.hidden(), &mut |a, z| {
             kld += z
@@ -287,26 +358,20 @@ pub fn weigh_by_kld(
                 .map(|(r, row)| {
                     let pr = &p[(a + r) * vocab..(a + r + 1) * vocab];
                     let pz: f64 = pr.iter().zip(row).map(|(&a, &b)| a as f64 * b as f64).sum();
-                    neg_entropy[a + r] - pz + log_sum_exp(row)
+                    neg_entropy[a + r] - pz + mass[a + r] * log_sum_exp(row)
                 })
                 .sum::<f64>();
         });
-        let kld = (kld / n.max(1) as f64).max(0.0);
-        if err > 0.0 {
-            scale[i] = Some(kld / err);
+        if !kld.is_finite() {
+            return Err(format!(
+                "{}: the KL divergence with it rounded is {kld} (the model's output overflows)",
+                sens[i].name
+            ));
         }
+        sums.push((i, err, kld));
+        step(n_layer + j + 1);
     }
-    progress(n_layer + 1, n_layer + 1, "kld sensitivity");
-    let mut known: Vec<f64> = scale.iter().flatten().copied().collect();
-    known.sort_by(f64::total_cmp);
-    let median = known.get(known.len() / 2).copied().unwrap_or(1.0);
-    for (s, c) in sens.iter_mut().zip(scale) {
-        let c = c.unwrap_or(median);
-        for o in s.options.iter_mut() {
-            o.2 *= c;
-        }
-    }
-    Ok(())
+    Ok(sums)
 }
 
 /// The options of one matrix on the lower convex hull of (bytes, error):
