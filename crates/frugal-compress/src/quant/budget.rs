@@ -229,9 +229,10 @@ pub fn weigh_by_kld(
     progress(0, steps, "kld sensitivity");
     // Per matrix: its reference error and the summed KLD over all tokens.
     let mut sums: Vec<Option<(f64, f64)>> = vec![None; sens.len()];
+    let out = tensor_to_f32(&model.weights.output).map_err(|e| e.to_string())?;
     for (g, group) in groups.iter().enumerate() {
         let mut step = |s: usize| progress(g * per_group + s, steps, "kld sensitivity");
-        for (i, err, kld) in kld_sums(src, model, group, sens, &mut step)? {
+        for (i, err, kld) in kld_sums(src, model, &out, group, sens, &mut step)? {
             sums[i].get_or_insert((err, 0.0)).1 += kld;
         }
     }
@@ -261,9 +262,11 @@ pub fn weigh_by_kld(
 /// in `sens`, its reference error, the KL divergence summed over the
 /// group's tokens). All forks advance together, one block at a time, so each
 /// block's weights are read once; memory is one residual stream per matrix.
+/// `out` is the output matrix in f32.
 fn kld_sums(
     src: &ModelSource,
     model: &Model,
+    out: &[f32],
     calib: &Calibration,
     sens: &[Sensitivity],
     step: &mut dyn FnMut(usize),
@@ -319,13 +322,12 @@ fn kld_sums(
     // The float model's next-token distributions p (stored in f32), and per
     // token Σ p·ln p and Σ p, the latter so that p's rounding does not bias
     // the small divergences of insensitive matrices.
-    let out = tensor_to_f32(&model.weights.output).map_err(|e| e.to_string())?;
     let vocab = model.config.n_vocab;
     let n = base.n_tokens();
     let mut p = vec![0.0f32; n * vocab];
     let mut neg_entropy = vec![0.0f64; n];
     let mut mass = vec![0.0f64; n];
-    for_logits(model, &out, base.hidden(), &mut |a, z| {
+    for_logits(model, out, base.hidden(), &mut |a, z| {
         let rows = z.len() / vocab;
         p[a * vocab..(a + rows) * vocab]
             .par_chunks_exact_mut(vocab)
@@ -351,7 +353,7 @@ fn kld_sums(
     let mut sums = Vec::with_capacity(forks.len());
     for (j, (i, err, fork)) in forks.into_iter().enumerate() {
         let mut kld = 0.0f64;
-        for_logits(model, &out, fork.hidden(), &mut |a, z| {
+        for_logits(model, out, fork.hidden(), &mut |a, z| {
             kld += z
                 .par_chunks_exact(vocab)
                 .enumerate()
