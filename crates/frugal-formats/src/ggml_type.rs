@@ -68,6 +68,11 @@ pub enum GgmlType {
 ///   block (code c at bits 2c), m `u16` for codes 8..16 (code c at bits
 ///   2(c − 8)), then each block's 16 i8 codes; code c stands for weight
 ///   4⌊c/2⌋ + its position (value `d·q`).
+/// * `Q4_0x16`, `Q8_0x16`: Q4_0 and Q8_0 matrices re-laid out in memory for
+///   the one-token kernel, 16 rows at a time (see `frugal_kernels::interleave`).
+///   Same bytes per row as the ggml type, but a row's bytes are spread over
+///   its group of 16 rows. A run-time layout only: never read from or
+///   written to a file (not in [`FrugalType::all`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FrugalType {
     Affine { bits: u8, group: u16, sym: bool },
@@ -75,6 +80,8 @@ pub enum FrugalType {
     I8Tok,
     SparseQ8 { keep: u8 },
     Sparse24Q8,
+    Q4_0x16,
+    Q8_0x16,
 }
 
 /// The id prefix of frugal's types ("FR").
@@ -109,8 +116,22 @@ impl FrugalType {
             FrugalType::Affine { bits, group, .. } => {
                 (2..=8).contains(&bits) && matches!(group, 0 | 32 | 64 | 128 | 256)
             }
-            FrugalType::W8Row | FrugalType::I8Tok | FrugalType::Sparse24Q8 => true,
+            FrugalType::W8Row
+            | FrugalType::I8Tok
+            | FrugalType::Sparse24Q8
+            | FrugalType::Q4_0x16
+            | FrugalType::Q8_0x16 => true,
             FrugalType::SparseQ8 { keep } => (1..=63).contains(&keep),
+        }
+    }
+
+    /// The ggml type an interleaved run-time layout holds (Q4_0 for
+    /// `Q4_0x16`), or `None` for the other types.
+    pub fn interleaved_base(self) -> Option<GgmlType> {
+        match self {
+            FrugalType::Q4_0x16 => Some(GgmlType::Q4_0),
+            FrugalType::Q8_0x16 => Some(GgmlType::Q8_0),
+            _ => None,
         }
     }
 
@@ -128,6 +149,9 @@ impl FrugalType {
             FrugalType::I8Tok => FRUGAL_ID | 0xFF01,
             FrugalType::SparseQ8 { keep } => FRUGAL_ID | 0xFE00 | keep as u32,
             FrugalType::Sparse24Q8 => FRUGAL_ID | 0xFD00,
+            // Reserved: the GGUF writer refuses run-time layouts.
+            FrugalType::Q4_0x16 => FRUGAL_ID | 0xFC00,
+            FrugalType::Q8_0x16 => FRUGAL_ID | 0xFC01,
         }
     }
 
@@ -139,6 +163,8 @@ impl FrugalType {
             FrugalType::W8Row | FrugalType::I8Tok => 8,
             // Sparse rows: headers per block, counted in the type size.
             FrugalType::SparseQ8 { .. } | FrugalType::Sparse24Q8 => 0,
+            // The ggml block's scale, counted in the type size.
+            FrugalType::Q4_0x16 | FrugalType::Q8_0x16 => 0,
         }
     }
 
@@ -151,7 +177,8 @@ impl FrugalType {
             FrugalType::Affine {
                 group: 32..=256,
                 ..
-            }
+            } | FrugalType::Q4_0x16
+                | FrugalType::Q8_0x16
         )
     }
 
@@ -159,7 +186,9 @@ impl FrugalType {
     pub fn code_bits(self) -> usize {
         match self {
             FrugalType::Affine { bits, .. } => bits as usize,
-            FrugalType::W8Row
+            FrugalType::Q4_0x16 => 4,
+            FrugalType::Q8_0x16
+            | FrugalType::W8Row
             | FrugalType::I8Tok
             | FrugalType::SparseQ8 { .. }
             | FrugalType::Sparse24Q8 => 8,
@@ -180,6 +209,8 @@ impl FrugalType {
             FrugalType::I8Tok => "I8_tok".into(),
             FrugalType::SparseQ8 { keep } => format!("SQ8_{keep}of64"),
             FrugalType::Sparse24Q8 => "SQ8_2of4".into(),
+            FrugalType::Q4_0x16 => "Q4_0x16".into(),
+            FrugalType::Q8_0x16 => "Q8_0x16".into(),
         }
     }
 }
@@ -242,6 +273,24 @@ impl GgmlType {
         }
     }
 
+    /// The interleaved run-time layout of this type (`Q4_0x16` for Q4_0),
+    /// if it has one.
+    pub fn interleaved16(self) -> Option<GgmlType> {
+        match self {
+            GgmlType::Q4_0 => Some(GgmlType::Frugal(FrugalType::Q4_0x16)),
+            GgmlType::Q8_0 => Some(GgmlType::Frugal(FrugalType::Q8_0x16)),
+            _ => None,
+        }
+    }
+
+    /// For an interleaved run-time layout, the ggml type it holds.
+    pub fn interleaved_base(self) -> Option<GgmlType> {
+        match self {
+            GgmlType::Frugal(t) => t.interleaved_base(),
+            _ => None,
+        }
+    }
+
     /// Whether ggml (llama.cpp) can read this type.
     pub fn is_ggml(self) -> bool {
         !matches!(self, GgmlType::Frugal(_))
@@ -271,6 +320,8 @@ impl GgmlType {
             // Two block headers and (at most) `keep` codes per 64 weights.
             Frugal(FrugalType::SparseQ8 { keep }) => 12 + keep as usize,
             Frugal(FrugalType::Sparse24Q8) => 6 + 16,
+            Frugal(FrugalType::Q4_0x16) => Q4_0.type_size(),
+            Frugal(FrugalType::Q8_0x16) => Q8_0.type_size(),
             Frugal(t) if t.is_row_wise() => 4 * t.code_bits(),
             Frugal(t) => t.header_bytes() + self.block_size() / 8 * t.code_bits(),
             F32 => 4,
@@ -327,6 +378,8 @@ impl GgmlType {
     pub fn name(self) -> &'static str {
         use GgmlType::*;
         match self {
+            Frugal(FrugalType::Q4_0x16) => "Q4_0x16",
+            Frugal(FrugalType::Q8_0x16) => "Q8_0x16",
             Frugal(t) => {
                 static NAMES: OnceLock<Vec<(FrugalType, &'static str)>> = OnceLock::new();
                 NAMES

@@ -9,6 +9,7 @@
 pub mod activation;
 pub mod floats;
 pub mod frugal;
+pub mod interleave;
 pub mod kquants;
 pub mod legacy;
 pub mod matmul;
@@ -32,6 +33,19 @@ impl std::fmt::Display for KernelError {
 }
 impl std::error::Error for KernelError {}
 
+/// The activation type `ty`'s matmul takes (its traits' `vec_dot_type`;
+/// Q8_0 for the interleaved layouts), or `None` if it has no kernels.
+pub fn vec_dot_type(ty: GgmlType) -> Option<GgmlType> {
+    if interleave::is_interleaved(ty) {
+        return Some(GgmlType::Q8_0);
+    }
+    traits(ty).map(|t| t.vec_dot_type)
+}
+
+fn interleave_base(ty: GgmlType) -> GgmlType {
+    ty.interleaved_base().unwrap_or(ty)
+}
+
 /// Whether `ty` has a header per row (so a tensor is not one long row).
 fn is_row_wise(ty: GgmlType) -> bool {
     matches!(ty, GgmlType::Frugal(t) if t.is_row_wise())
@@ -41,6 +55,11 @@ fn is_row_wise(ty: GgmlType) -> bool {
 /// one run of blocks. Refuses row-wise types (frugal's types with a header
 /// per row), whose rows must be told apart: use [`dequantize_rows`].
 pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), KernelError> {
+    if interleave::is_interleaved(ty) {
+        return Err(KernelError(format!(
+            "{ty} interleaves groups of rows: dequantize it with dequantize_rows and the row length"
+        )));
+    }
     let t = traits(ty).ok_or_else(|| KernelError(format!("no kernels for type {ty}")))?;
     if is_row_wise(ty) {
         return Err(KernelError(format!(
@@ -70,6 +89,22 @@ pub fn dequantize_rows(
     dst: &mut [f32],
     row_len: usize,
 ) -> Result<(), KernelError> {
+    if interleave::is_interleaved(ty) {
+        let rows = dst.len() / row_len.max(1);
+        let whole = row_len > 0 && rows * row_len == dst.len();
+        let rb = ty.row_bytes(row_len as u64).unwrap_or(u64::MAX);
+        if !whole
+            || !interleave::can_interleave(interleave_base(ty), rows, row_len)
+            || src.len() as u64 != rows as u64 * rb
+        {
+            return Err(KernelError(format!(
+                "{ty}: {} bytes is not whole groups of 16 rows of {row_len} elements",
+                src.len()
+            )));
+        }
+        interleave::dequantize_rows(ty, src, row_len, 0..rows, dst);
+        return Ok(());
+    }
     let t = traits(ty).ok_or_else(|| KernelError(format!("no kernels for type {ty}")))?;
     let n = dst.len();
     if n == 0 {

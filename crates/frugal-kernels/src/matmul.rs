@@ -30,9 +30,10 @@
 //! workers spin between calls: a decode step's ~100 matmuls, a few µs apart,
 //! would otherwise wake a sleeping rayon worker each time.
 
+use crate::interleave;
 use crate::legacy::packed::PackedActs;
 use crate::traits::{detected_isa, traits, Isa, VecDot};
-use frugal_formats::GgmlType;
+use frugal_formats::{FrugalType, GgmlType};
 use rayon::prelude::*;
 
 /// A weight matrix: `rows` rows of `cols` elements of type `ty`, each row a run of blocks.
@@ -212,6 +213,12 @@ enum Kernel {
     Sparse(crate::sparse::avx512::Kind),
     /// The traits' dot product per (row, token).
     Dot(VecDot),
+    /// An interleaved layout's AVX-512 kernel (`true`: Q8_0x16).
+    #[cfg(target_arch = "x86_64")]
+    Interleaved(bool),
+    /// An interleaved layout's scalar reference (CPUs without AVX-512 VNNI,
+    /// which never make the layout; kept so a matmul is right anywhere).
+    InterleavedRef,
 }
 
 /// The least weight bytes × tokens worth a task of its own.
@@ -253,12 +260,20 @@ struct Part<'a> {
 
 /// Checks one matrix against the activations and its output; returns its row bytes.
 fn check(w: &QMatrix, acts: &QuantizedActs, out: &[f32]) -> usize {
-    let tr = traits(w.ty).unwrap_or_else(|| panic!("matmul: no kernels for {}", w.ty));
+    let dot_ty =
+        crate::vec_dot_type(w.ty).unwrap_or_else(|| panic!("matmul: no kernels for {}", w.ty));
     assert_eq!(
-        acts.dot_ty, tr.vec_dot_type,
+        acts.dot_ty, dot_ty,
         "matmul: {} weights need {} activations",
-        w.ty, tr.vec_dot_type
+        w.ty, dot_ty
     );
+    if interleave::is_interleaved(w.ty) {
+        assert!(
+            w.rows.is_multiple_of(interleave::ROWS),
+            "matmul: {} needs whole groups of 16 rows",
+            w.ty
+        );
+    }
     assert_eq!(
         acts.cols, w.cols,
         "matmul: activation and weight columns differ"
@@ -288,14 +303,13 @@ pub fn matmul_many(ws: &[&QMatrix], acts: &QuantizedActs, outs: &mut [&mut [f32]
     let mut work = 0;
     for (i, (w, out)) in ws.iter().zip(outs.iter_mut()).enumerate() {
         let row_bytes = check(w, acts, out);
-        let tr = traits(w.ty).expect("checked");
         if w.rows == 0 || n_tok == 0 {
             continue;
         }
         let chunk = chunk_rows(w.rows, row_bytes, n_tok, threads);
         parts[i] = Some(Part {
             w: **w,
-            kernel: pick_kernel(w.ty, acts, tr.vec_dot),
+            kernel: pick_kernel(w.ty, acts),
             row_bytes,
             out: OutPtr(out.as_mut_ptr()),
             chunk,
@@ -326,8 +340,15 @@ pub fn matmul_many(ws: &[&QMatrix], acts: &QuantizedActs, outs: &mut [&mut [f32]
     }
 }
 
-#[allow(unused_variables)]
-fn pick_kernel(ty: GgmlType, acts: &QuantizedActs, dot: VecDot) -> Kernel {
+fn pick_kernel(ty: GgmlType, acts: &QuantizedActs) -> Kernel {
+    if interleave::is_interleaved(ty) {
+        #[cfg(target_arch = "x86_64")]
+        if acts.has_packed && interleave::avx512::available() {
+            return Kernel::Interleaved(ty == GgmlType::Frugal(FrugalType::Q8_0x16));
+        }
+        return Kernel::InterleavedRef;
+    }
+    let dot = traits(ty).expect("checked").vec_dot;
     #[cfg(target_arch = "x86_64")]
     if acts.has_packed && detected_isa() == Isa::Avx512 {
         if let Some(code) = crate::legacy::avx512::tile_type(ty) {
@@ -412,6 +433,45 @@ unsafe fn run_rows(
                 rb = re;
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Interleaved(q8) => {
+            // SAFETY: `pick_kernel` chose this only with the kernel's CPU
+            // features and packed Q8_0 activations of `cols / 32` blocks;
+            // `matmul` checked the weight bytes, whole 16-row groups, and
+            // task ranges are multiples of 16 rows (`chunk_rows`); rows
+            // r0..r1 of every token are ours (function contract).
+            unsafe {
+                interleave::avx512::matmul(
+                    q8,
+                    w.data.as_ptr(),
+                    w.cols / 32,
+                    r0 / interleave::ROWS..r1.div_ceil(interleave::ROWS),
+                    &acts.packed,
+                    out,
+                    w.rows,
+                )
+            }
+        }
+        Kernel::InterleavedRef => {
+            let mut tmp = vec![0.0f32; n_tok * (r1 - r0)];
+            interleave::matmul_ref(
+                w.ty,
+                w.data,
+                w.cols,
+                r0..r1,
+                &acts.data,
+                n_tok,
+                &mut tmp,
+                r1 - r0,
+            );
+            for t in 0..n_tok {
+                for r in r0..r1 {
+                    // SAFETY: t < n_tok, r < r1 <= rows: in bounds and owned
+                    // by this call (function contract).
+                    unsafe { *out.add(t * w.rows + r) = tmp[t * (r1 - r0) + r - r0] };
+                }
+            }
+        }
         Kernel::Dot(dot) => {
             const RB: usize = 16;
             let mut rb = r0;
@@ -444,14 +504,30 @@ unsafe fn run_rows(
 
 /// Convenience: quantize x to w's vec_dot type into `acts`, then matmul.
 pub fn matmul_f32(w: &QMatrix, x: &[f32], n_tok: usize, acts: &mut QuantizedActs, out: &mut [f32]) {
-    let tr = traits(w.ty).unwrap_or_else(|| panic!("matmul: no kernels for {}", w.ty));
-    acts.quantize(tr.vec_dot_type, x, n_tok, w.cols);
+    let dot_ty =
+        crate::vec_dot_type(w.ty).unwrap_or_else(|| panic!("matmul: no kernels for {}", w.ty));
+    acts.quantize(dot_ty, x, n_tok, w.cols);
     matmul(w, acts, out);
 }
 
 /// Reference matmul for tests: single-threaded, the scalar `vec_dot_ref` per
 /// (row, token), same output layout as [`matmul`].
 pub fn matmul_ref(w: &QMatrix, acts: &QuantizedActs, out: &mut [f32]) {
+    if interleave::is_interleaved(w.ty) {
+        assert_eq!(acts.dot_ty, GgmlType::Q8_0, "matmul_ref: activation type");
+        assert_eq!(out.len(), acts.n_tok * w.rows, "matmul_ref: output length");
+        interleave::matmul_ref(
+            w.ty,
+            w.data,
+            w.cols,
+            0..w.rows,
+            &acts.data,
+            acts.n_tok,
+            out,
+            w.rows,
+        );
+        return;
+    }
     let tr = traits(w.ty).unwrap_or_else(|| panic!("matmul: no kernels for {}", w.ty));
     assert_eq!(acts.dot_ty, tr.vec_dot_type, "matmul_ref: activation type");
     assert_eq!(acts.cols, w.cols, "matmul_ref: columns");

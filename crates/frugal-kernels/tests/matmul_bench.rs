@@ -200,7 +200,49 @@ struct Shape {
     vocab: usize,
 }
 
+/// Qwen2.5-0.5B Q4_0 with every matrix in the interleaved run-time layout
+/// (`Q4_0x16`, `Q8_0x16`), as `frugal` runs it after reading it into memory.
+#[test]
+#[ignore]
+fn bench_qwen05_q4_0_interleaved_matmuls() {
+    model_matmuls_in(
+        GgmlType::Q4_0,
+        Shape {
+            hidden: 896,
+            ffn: 4864,
+            kv: 128,
+            layers: 24,
+            vocab: 151936,
+        },
+        true,
+    );
+}
+
+/// SmolLM2 in Q8_0, ggml layout then interleaved (`Q8_0x16`).
+#[test]
+#[ignore]
+fn bench_smollm2_q8_0_interleaved_matmuls() {
+    for interleaved in [false, true] {
+        println!("interleaved: {interleaved}");
+        model_matmuls_in(
+            GgmlType::Q8_0,
+            Shape {
+                hidden: 576,
+                ffn: 1536,
+                kv: 192,
+                layers: 30,
+                vocab: 49152,
+            },
+            interleaved,
+        );
+    }
+}
+
 fn model_matmuls(block_ty: GgmlType, sh: Shape) {
+    model_matmuls_in(block_ty, sh, false)
+}
+
+fn model_matmuls_in(block_ty: GgmlType, sh: Shape, interleaved: bool) {
     let mut r = StdRng::seed_from_u64(6);
     let Shape {
         hidden,
@@ -230,6 +272,13 @@ fn model_matmuls(block_ty: GgmlType, sh: Shape) {
         hidden,
         matrix(GgmlType::Q8_0, vocab, hidden, &mut r),
     ));
+    if interleaved {
+        for (ty, rows, cols, data) in &mut mats {
+            if frugal_kernels::interleave::can_interleave(*ty, *rows, *cols) {
+                *ty = frugal_kernels::interleave::interleave_in_place(*ty, *rows, *cols, data);
+            }
+        }
+    }
     let bytes: usize = mats.iter().map(|m| m.3.len()).sum();
     let out_bytes = mats.last().unwrap().3.len();
     println!("{} matrices, {:.1} MB", mats.len(), bytes as f64 / 1e6);
@@ -252,7 +301,7 @@ fn model_matmuls(block_ty: GgmlType, sh: Shape) {
                         for (ty, rows, cols, data) in &mats {
                             let w = QMatrix::new(*ty, *rows, *cols, data);
                             let acts = if *cols == ffn { &a_f1 } else { &a_h1 };
-                            if acts.dot_type() != traits(*ty).unwrap().vec_dot_type {
+                            if Some(acts.dot_type()) != frugal_kernels::vec_dot_type(*ty) {
                                 continue;
                             }
                             let t = Instant::now();

@@ -57,9 +57,8 @@ impl ActCache {
                 let mut mid = std::mem::take(&mut self.mid);
                 self.matmul(a, x, n, &mut mid[..n * r]);
                 let qb = qmatrix(b);
-                let dot_ty = frugal_kernels::traits(b.ty)
-                    .expect("weights are checked for kernels at load")
-                    .vec_dot_type;
+                let dot_ty = frugal_kernels::vec_dot_type(b.ty)
+                    .expect("weights are checked for kernels at load");
                 self.mid_acts.quantize(dot_ty, &mid[..n * r], n, r);
                 matmul(&qb, &self.mid_acts, &mut out[..n * qb.rows]);
                 self.mid = mid;
@@ -91,9 +90,8 @@ impl ActCache {
     /// `out = x · Wᵀ` for `n` rows of `x`, quantizing `x` for `w` unless already done.
     fn matmul(&mut self, w: &Tensor, x: &[f32], n: usize, out: &mut [f32]) {
         let qm = qmatrix(w);
-        let dot_ty = frugal_kernels::traits(w.ty)
-            .expect("weights are checked for kernels at load")
-            .vec_dot_type;
+        let dot_ty =
+            frugal_kernels::vec_dot_type(w.ty).expect("weights are checked for kernels at load");
         let i = match self.slots.iter().position(|s| s.0 == dot_ty) {
             Some(i) => i,
             None => {
@@ -113,9 +111,7 @@ impl ActCache {
     /// parallel region when they share an activation type.
     fn matmul_many(&mut self, ws: &[&Tensor], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
         let dot_ty = |w: &Tensor| {
-            frugal_kernels::traits(w.ty)
-                .expect("weights are checked for kernels at load")
-                .vec_dot_type
+            frugal_kernels::vec_dot_type(w.ty).expect("weights are checked for kernels at load")
         };
         if ws.len() > 3 || ws.iter().any(|w| dot_ty(w) != dot_ty(ws[0])) {
             for (w, out) in ws.iter().zip(outs.iter_mut()) {
@@ -410,11 +406,25 @@ impl Model {
     /// Look up (dequantize) the embedding row of each token.
     fn embed(&self, tokens: &[u32], out: &mut [f32]) {
         let t = &self.weights.token_embd;
+        let d = self.config.n_embd;
+        if frugal_kernels::interleave::is_interleaved(t.ty) {
+            // A tied embedding laid out for the output matmul.
+            for (i, &tok) in tokens.iter().enumerate() {
+                let r = tok as usize;
+                frugal_kernels::interleave::dequantize_rows(
+                    t.ty,
+                    t.bytes(),
+                    d,
+                    r..r + 1,
+                    &mut out[i * d..(i + 1) * d],
+                );
+            }
+            return;
+        }
         let to_float = frugal_kernels::traits(t.ty)
             .expect("weights are checked for kernels at load")
             .to_float;
         let rb = t.row_bytes();
-        let d = self.config.n_embd;
         for (i, &tok) in tokens.iter().enumerate() {
             let row = &t.bytes()[tok as usize * rb..][..rb];
             to_float(row, &mut out[i * d..(i + 1) * d]);

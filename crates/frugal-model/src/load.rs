@@ -67,7 +67,9 @@ pub enum Residency {
     #[default]
     Mapped,
     /// Read once into anonymous memory with huge pages (faster decoding;
-    /// see `GgufFile::read_into_memory`). Other layouts stay mapped.
+    /// see `GgufFile::read_into_memory`), the Q4_0 and Q8_0 matrices then
+    /// laid out for the one-token kernel in place (see [`interleave_matrices`]).
+    /// Other layouts stay mapped.
     InMemory,
 }
 
@@ -84,13 +86,63 @@ pub fn load_source_with(
     let format = detect_format(path)?;
     let src = match format {
         ModelFormat::Gguf if residency == Residency::InMemory => {
-            GgufFile::read_into_memory(path)?.into_source()
+            let mut file = GgufFile::read_into_memory(path)?;
+            interleave_matrices(&mut file)?;
+            file.into_source()
         }
         ModelFormat::Gguf => GgufFile::open(path)?.into_source(),
         ModelFormat::HuggingFace => hf::read_hf_dir(path)?,
         ModelFormat::Llama2c => llama2c::read_checkpoint(path)?,
     };
     Ok((src, format))
+}
+
+/// Lays the Q4_0 and Q8_0 weight matrices of a GGUF file read into memory
+/// out 16 rows at a time (`Q4_0x16`, `Q8_0x16`; see
+/// `frugal_kernels::interleave`), in place, on CPUs with the kernel for it
+/// (AVX-512 VNNI): decode reads them up to 1.8× as fast. The matrices are
+/// the block matrices (and low-rank factors), the output matrix, and the
+/// token embedding when it is also the output matrix (tied): an embedding
+/// only looked up stays as it is. Returns how many were laid out.
+pub fn interleave_matrices(file: &mut GgufFile) -> Result<usize, ModelError> {
+    if !frugal_kernels::interleave::available() {
+        return Ok(0);
+    }
+    let tied = file.tensor_info("output.weight").is_none();
+    let is_matrix = |name: &str| {
+        let block = name
+            .strip_prefix("blk.")
+            .and_then(|rest| rest.split_once('.'));
+        match block {
+            Some((n, m)) => {
+                n.parse::<usize>().is_ok()
+                    && [
+                        "attn_q",
+                        "attn_k",
+                        "attn_v",
+                        "attn_output",
+                        "ffn_gate",
+                        "ffn_up",
+                        "ffn_down",
+                    ]
+                    .iter()
+                    .any(|k| {
+                        [".weight", "_a.weight", "_b.weight"]
+                            .iter()
+                            .any(|s| m.strip_prefix(k) == Some(s))
+                    })
+            }
+            None => name == "output.weight" || (tied && name == "token_embd.weight"),
+        }
+    };
+    Ok(file.transform_resident(|info, bytes| {
+        let [cols, rows] = info.dims[..] else {
+            return None;
+        };
+        let (cols, rows) = (cols as usize, rows as usize);
+        (is_matrix(&info.name) && frugal_kernels::interleave::can_interleave(info.ty, rows, cols))
+            .then(|| frugal_kernels::interleave::interleave_in_place(info.ty, rows, cols, bytes))
+    })?)
 }
 
 /// Build the tokenizer: an explicit file if given, else the model's own.

@@ -213,16 +213,13 @@ impl Loader<'_> {
                 format!("shape {:?}, expected [{cols}, {rows}]", t.dims),
             ));
         }
-        let tr = frugal_kernels::traits(t.ty).ok_or_else(|| {
+        let dot_ty = frugal_kernels::vec_dot_type(t.ty).ok_or_else(|| {
             ModelError::BadTensor(name.to_string(), format!("no kernels for type {}", t.ty))
         })?;
-        if !cols.is_multiple_of(tr.vec_dot_type.block_size()) {
+        if !cols.is_multiple_of(dot_ty.block_size()) {
             return Err(ModelError::BadTensor(
                 name.to_string(),
-                format!(
-                    "row length {cols} is not a multiple of the {} block size",
-                    tr.vec_dot_type
-                ),
+                format!("row length {cols} is not a multiple of the {dot_ty} block size"),
             ));
         }
         Ok(t.clone())

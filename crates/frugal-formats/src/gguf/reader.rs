@@ -494,6 +494,67 @@ impl GgufFile {
         Self::parse_file(path, mmap, true)
     }
 
+    /// Rewrites tensors of a file read into memory ([`GgufFile::read_into_memory`]),
+    /// in place: `f` gets each tensor's info and bytes, and returns the type
+    /// the bytes hold afterwards, or `None` if it left them alone. The run
+    /// path uses this to lay weights out for its kernels (`Q4_0x16`) without
+    /// a second copy. A new type must take the same bytes. Returns how many
+    /// tensors changed. Fails on a mapped file (its pages are the file's) or
+    /// once tensors have been taken from it (they share the map).
+    pub fn transform_resident(
+        &mut self,
+        mut f: impl FnMut(&TensorInfo, &mut [u8]) -> Option<GgmlType>,
+    ) -> Result<usize, FormatError> {
+        let what = || "in-memory GGUF".to_string();
+        if !self.resident {
+            return Err(FormatError::invalid(
+                what(),
+                "a mapped file cannot be rewritten",
+            ));
+        }
+        let io = |e: std::io::Error| FormatError::invalid(what(), e.to_string());
+        let placeholder = memmap2::MmapOptions::new()
+            .len(1)
+            .map_anon()
+            .and_then(|m| m.make_read_only())
+            .map_err(io)?;
+        let arc = std::mem::replace(&mut self.mmap, Arc::new(placeholder));
+        let map = match Arc::try_unwrap(arc) {
+            Ok(m) => m,
+            Err(arc) => {
+                self.mmap = arc;
+                return Err(FormatError::invalid(what(), "its tensors are in use"));
+            }
+        };
+        let mut map = map.make_mut().map_err(io)?;
+        let mut changed = 0;
+        let mut bad = None;
+        for info in &mut self.tensors {
+            let start = self.data_offset + info.offset as usize;
+            let bytes = &mut map[start..start + info.size as usize];
+            if let Some(ty) = f(info, bytes) {
+                let size = ty.row_bytes(info.dims[0]).and_then(|r| {
+                    info.dims[1..]
+                        .iter()
+                        .try_fold(r, |acc, &d| acc.checked_mul(d))
+                });
+                if size != Some(info.size) && bad.is_none() {
+                    bad = Some(format!(
+                        "{}: {} does not take {} bytes",
+                        info.name, ty, info.size
+                    ));
+                }
+                info.ty = ty;
+                changed += 1;
+            }
+        }
+        self.mmap = Arc::new(map.make_read_only().map_err(io)?);
+        match bad {
+            Some(msg) => Err(FormatError::invalid(what(), msg)),
+            None => Ok(changed),
+        }
+    }
+
     /// The header info of a tensor.
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
         self.by_name.get(name).map(|&i| &self.tensors[i])

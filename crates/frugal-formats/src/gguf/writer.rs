@@ -81,6 +81,12 @@ impl<'a> GgufWriter<'a> {
                 format!("{dims:?} has a zero dimension"),
             ));
         }
+        if ty.interleaved_base().is_some() {
+            return Err(FormatError::invalid(
+                field("type"),
+                format!("{ty} is a run-time memory layout, not a file type"),
+            ));
+        }
         let size = ty
             .row_bytes(dims[0])
             .and_then(|row| dims[1..].iter().try_fold(row, |acc, &d| acc.checked_mul(d)))

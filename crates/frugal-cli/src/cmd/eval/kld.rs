@@ -116,14 +116,27 @@ pub fn run(ctx: &Ctx) -> Result<Record> {
                 _ => &ctx.lm.model,
             };
             let out = &bm.weights.output;
+            // The file stores the output matrix in ggml's layout, whatever
+            // run-time layout this process gave it.
+            let (out_ty, out_bytes) = if frugal_kernels::interleave::is_interleaved(out.ty) {
+                let (ty, b) = frugal_kernels::interleave::to_ggml(
+                    out.ty,
+                    out.bytes(),
+                    out.n_rows(),
+                    out.row_len(),
+                );
+                (ty, std::borrow::Cow::Owned(b))
+            } else {
+                (out.ty, std::borrow::Cow::Borrowed(out.bytes()))
+            };
             let (payload, output) = match a.logits_top_k {
                 Some(k) => (Payload::TopK { k: k.min(n_vocab) }, None),
                 None => (
                     Payload::Hidden {
                         n_embd: bm.config.n_embd,
-                        output_type: out.ty.name().to_string(),
+                        output_type: out_ty.name().to_string(),
                     },
-                    Some(out.bytes()),
+                    Some(&*out_bytes),
                 ),
             };
             let header = LogitsHeader {

@@ -1,0 +1,193 @@
+//! AVX-512 VNNI kernel of the interleaved layouts (see the parent module):
+//! per block of a 16-row group, each 64-byte chunk meets 4 activation bytes
+//! broadcast in one `vpdpbusd` (16 rows at once), starting from the
+//! activation's bias correction; one FMA per token applies the 16 rows'
+//! scales. Up to 4 tokens share each chunk load (prompts).
+//!
+//! Activations come from [`PackedActs`] (the legacy micro-kernel's layout,
+//! already built for Q8_0 activations on AVX-512): block `4q + k`'s quants
+//! 0..16 at `qs[16k..]` and 16..32 at `qs[64 + 16k..]` of quad `q`, its scale
+//! in `d16[4k]`, `-bias · Σq` in lane `4k` of `corr`.
+
+use super::ROWS;
+use crate::legacy::packed::PackedActs;
+use std::arch::x86_64::*;
+
+/// How far ahead (bytes) the kernel prefetches the weight stream: about
+/// four Q8_0 blocks of a group; nearer or farther read slower (measured on
+/// a 145 MB matrix: 1–2 KiB best, 4 KiB 10–30 % slower).
+const PREFETCH: usize = 2048;
+
+/// Which base type (const generic): Q4_0 or Q8_0.
+pub const Q4: u8 = 0;
+pub const Q8: u8 = 1;
+
+/// The [`PackedActs::corr`] index of each base type's bias (8, 128).
+const fn corr_index(ty: u8) -> usize {
+    if ty == Q8 {
+        2
+    } else {
+        0
+    }
+}
+
+const fn block_bytes(ty: u8) -> usize {
+    if ty == Q8 {
+        ROWS * 34
+    } else {
+        ROWS * 18
+    }
+}
+
+/// Whether this CPU can run the kernel (the legacy kernels' features).
+pub fn available() -> bool {
+    crate::legacy::avx512::available()
+}
+
+/// Byte offset in an activation quad of quants `4j..4j + 4` of its block `k`.
+#[inline(always)]
+fn act_offset(k: usize, j: usize) -> usize {
+    if j < 4 {
+        16 * k + 4 * j
+    } else {
+        64 + 16 * k + 4 * (j - 4)
+    }
+}
+
+/// One group of 16 rows (at `g`, `nb` blocks) against tokens `t0..t0 + T`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI, F16C and FMA available; `g` holds `nb` interleaved
+/// blocks of type `TY`; `acts` holds tokens `t0..t0 + T` packed from Q8_0
+/// rows of `nb` blocks (with the bias corrections); `out.add(t * ostride + i)`
+/// is writable for those tokens and `i < 16`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn group<const TY: u8, const T: usize>(
+    g: *const u8,
+    nb: usize,
+    acts: &PackedActs,
+    t0: usize,
+    out: *mut f32,
+    ostride: usize,
+) {
+    let nq = acts.nq;
+    let quads = acts.quads.as_ptr();
+    let corr = acts.corr[corr_index(TY)].as_ptr();
+    let m4 = _mm512_set1_epi8(0x0F);
+    let mut acc = [_mm512_setzero_ps(); T];
+    // SAFETY: every weight load lies inside block b < nb of the group, every
+    // activation read inside quad b / 4 of a token t0 + t < n_tok (contract);
+    // prefetches never fault.
+    unsafe {
+        for b in 0..nb {
+            let p = g.add(b * block_bytes(TY));
+            let (q, k) = (b / 4, b % 4);
+            let mut s = [_mm512_setzero_si512(); T];
+            let mut qa = [std::ptr::null::<i8>(); T];
+            let mut ad = [0.0f32; T];
+            for t in 0..T {
+                let i = (t0 + t) * nq + q;
+                s[t] = _mm512_set1_epi32((*corr.add(i)).0[4 * k]);
+                qa[t] = (*quads.add(i)).qs.as_ptr();
+                ad[t] = (*quads.add(i)).d16[4 * k];
+            }
+            let bcast = |t: usize, j: usize| {
+                _mm512_set1_epi32(std::ptr::read_unaligned(
+                    qa[t].add(act_offset(k, j)).cast::<i32>(),
+                ))
+            };
+            if TY == Q8 {
+                for j in 0..8 {
+                    let c = p.add(32 + 64 * j);
+                    _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(PREFETCH).cast());
+                    let v = _mm512_loadu_si512(c.cast());
+                    for (t, s) in s.iter_mut().enumerate() {
+                        *s = _mm512_dpbusd_epi32(*s, v, bcast(t, j));
+                    }
+                }
+            } else {
+                for j in 0..4 {
+                    let c = p.add(32 + 64 * j);
+                    _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(PREFETCH).cast());
+                    let v = _mm512_loadu_si512(c.cast());
+                    let lo = _mm512_and_si512(v, m4);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+                    for (t, s) in s.iter_mut().enumerate() {
+                        *s = _mm512_dpbusd_epi32(*s, lo, bcast(t, j));
+                        *s = _mm512_dpbusd_epi32(*s, hi, bcast(t, j + 4));
+                    }
+                }
+            }
+            let wd = _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
+            for t in 0..T {
+                let sc = _mm512_mul_ps(wd, _mm512_set1_ps(ad[t]));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[t]), sc, acc[t]);
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add((t0 + t) * ostride), *a);
+        }
+    }
+}
+
+/// `out[t * ostride + r] = dot(row r, token t)` for the rows of `groups`
+/// (16 rows each) of an interleaved matrix at `w` (`nb` blocks per row) and
+/// every token of `acts`, tokens 4 at a time.
+///
+/// # Safety
+/// [`available`]; `w` holds at least `groups.end` groups of `nb` blocks of
+/// the type (`q8`: Q8_0x16, else Q4_0x16); `acts` packed from Q8_0 rows of
+/// `nb` blocks; `out.add(t * ostride + r)` writable for every token and row
+/// of the groups, and not accessed by anyone else meanwhile.
+pub(crate) unsafe fn matmul(
+    q8: bool,
+    w: *const u8,
+    nb: usize,
+    groups: std::ops::Range<usize>,
+    acts: &PackedActs,
+    out: *mut f32,
+    ostride: usize,
+) {
+    assert!(
+        available(),
+        "interleaved kernel on a CPU without AVX-512 VNNI"
+    );
+    assert_eq!(acts.nb, nb, "activations of another width");
+    assert_eq!(acts.quads.len(), acts.n_tok * acts.nq, "packed activations");
+    let ci = corr_index(if q8 { Q8 } else { Q4 });
+    assert_eq!(
+        acts.corr[ci].len(),
+        acts.quads.len(),
+        "Q8_0 bias corrections"
+    );
+    let n = acts.n_tok;
+    for gi in groups {
+        let bytes = if q8 { block_bytes(Q8) } else { block_bytes(Q4) };
+        // SAFETY: group gi is inside `w` (contract); tokens t0..t0 + T < n
+        // are packed (checked above); outputs as the caller promised.
+        unsafe {
+            let g = w.add(gi * nb * bytes);
+            let o = out.add(gi * ROWS);
+            let mut t0 = 0;
+            macro_rules! run {
+                ($t:literal) => {
+                    if q8 {
+                        group::<Q8, $t>(g, nb, acts, t0, o, ostride)
+                    } else {
+                        group::<Q4, $t>(g, nb, acts, t0, o, ostride)
+                    }
+                };
+            }
+            while t0 + 4 <= n {
+                run!(4);
+                t0 += 4;
+            }
+            match n - t0 {
+                3 => run!(3),
+                2 => run!(2),
+                1 => run!(1),
+                _ => {}
+            }
+        }
+    }
+}

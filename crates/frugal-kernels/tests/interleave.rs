@@ -1,0 +1,129 @@
+//! The interleaved run-time layouts (Q4_0x16, Q8_0x16): the layout round-
+//! trips to ggml's bytes, dequantizes to the same values, and its matmul
+//! (the SIMD kernel, 1 and 2 threads, decode and prompt token counts)
+//! equals its scalar reference bit for bit and the ggml layout's result to
+//! rounding.
+
+mod matmul_common;
+use frugal_formats::GgmlType;
+use frugal_kernels::interleave::{self, can_interleave, interleave_in_place};
+use frugal_kernels::matmul::{matmul, matmul_many, matmul_ref, QMatrix, QuantizedActs};
+use matmul_common::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+const TYPES: [GgmlType; 2] = [GgmlType::Q4_0, GgmlType::Q8_0];
+
+#[test]
+fn layout_round_trips_and_dequantizes_the_same() {
+    let mut r = StdRng::seed_from_u64(7);
+    for ty in TYPES {
+        for (rows, cols) in [(16, 32), (32, 96), (48, 576)] {
+            let c = make_case(ty, rows, cols, &mut r);
+            let mut il = c.wbytes.clone();
+            let ity = interleave_in_place(ty, rows, cols, &mut il);
+            assert_eq!(ity.interleaved_base(), Some(ty));
+            assert_ne!(
+                il, c.wbytes,
+                "{ty} {rows}x{cols}: the layout changed nothing"
+            );
+            assert_eq!(
+                interleave::to_ggml(ity, &il, rows, cols),
+                (ty, c.wbytes.clone())
+            );
+            let mut a = vec![0.0f32; rows * cols];
+            let mut b = vec![1.0f32; rows * cols];
+            frugal_kernels::dequantize_rows(ty, &c.wbytes, &mut a, cols).unwrap();
+            frugal_kernels::dequantize_rows(ity, &il, &mut b, cols).unwrap();
+            assert_eq!(a, b, "{ty} {rows}x{cols}");
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_refused() {
+    assert!(!can_interleave(GgmlType::Q4_1, 16, 32));
+    assert!(!can_interleave(GgmlType::Q8_0, 24, 32));
+    assert!(!can_interleave(GgmlType::Q8_0, 0, 32));
+    assert!(can_interleave(GgmlType::Q8_0, 32, 64));
+    let ity = GgmlType::Q8_0.interleaved16().unwrap();
+    let mut out = vec![0.0f32; 24 * 32];
+    let err = frugal_kernels::dequantize_rows(ity, &vec![0u8; 24 * 34], &mut out, 32).unwrap_err();
+    assert!(err.to_string().contains("groups of 16 rows"), "{err}");
+    assert!(frugal_kernels::dequantize(ity, &vec![0u8; 16 * 34], &mut vec![0.0; 16 * 32]).is_err());
+    // Never written to a file.
+    let mut w = frugal_formats::gguf::GgufWriter::new();
+    let e = w
+        .add_tensor("t", ity, vec![32, 16], vec![0u8; 16 * 34])
+        .unwrap_err();
+    assert!(e.to_string().contains("run-time"), "{e}");
+}
+
+#[test]
+fn matmul_matches_reference_and_ggml_layout() {
+    let mut r = StdRng::seed_from_u64(11);
+    for ty in TYPES {
+        for (rows, cols) in [(16, 32), (64, 160), (96, 576)] {
+            let c = make_case(ty, rows, cols, &mut r);
+            let mut il = c.wbytes.clone();
+            let ity = interleave_in_place(ty, rows, cols, &mut il);
+            let wg = QMatrix::new(ty, rows, cols, &c.wbytes);
+            let wi = QMatrix::new(ity, rows, cols, &il);
+            for n_tok in [1usize, 2, 3, 4, 7, 17] {
+                let x = acts(n_tok, cols, &mut r);
+                let mut qa = QuantizedActs::new();
+                qa.quantize(GgmlType::Q8_0, &x, n_tok, cols);
+                let mut want = vec![0.0f32; n_tok * rows];
+                matmul_ref(&wi, &qa, &mut want);
+                let mut ggml = vec![0.0f32; n_tok * rows];
+                matmul_ref(&wg, &qa, &mut ggml);
+                // Same integer sums and scales; only the float summation
+                // order of the blocks' terms differs from ggml's.
+                let scale = ggml.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                for (i, (a, b)) in want.iter().zip(&ggml).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * scale * (cols as f32 / 32.0),
+                        "{ty} {rows}x{cols} n_tok={n_tok} [{i}]: {a} vs ggml {b}"
+                    );
+                }
+                for threads in [1, 2] {
+                    let mut got = vec![f32::NAN; n_tok * rows];
+                    pool(threads).install(|| matmul(&wi, &qa, &mut got));
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "{ty} {rows}x{cols} n_tok={n_tok} threads={threads} [{i}]: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Interleaved and ggml matrices of the same activation type in one
+/// `matmul_many` region give what separate calls give.
+#[test]
+fn matmul_many_mixes_layouts() {
+    let mut r = StdRng::seed_from_u64(13);
+    let cols = 96;
+    let a = make_case(GgmlType::Q8_0, 48, cols, &mut r);
+    let b = make_case(GgmlType::Q4_0, 32, cols, &mut r);
+    let mut bi = b.wbytes.clone();
+    let bty = interleave_in_place(GgmlType::Q4_0, 32, cols, &mut bi);
+    let wa = QMatrix::new(GgmlType::Q8_0, 48, cols, &a.wbytes);
+    let wb = QMatrix::new(bty, 32, cols, &bi);
+    for n_tok in [1usize, 5] {
+        let x = acts(n_tok, cols, &mut r);
+        let mut qa = QuantizedActs::new();
+        qa.quantize(GgmlType::Q8_0, &x, n_tok, cols);
+        let (mut sa, mut sb) = (vec![0.0; n_tok * 48], vec![0.0; n_tok * 32]);
+        matmul(&wa, &qa, &mut sa);
+        matmul(&wb, &qa, &mut sb);
+        let (mut ma, mut mb) = (vec![1.0; n_tok * 48], vec![1.0; n_tok * 32]);
+        pool(2).install(|| matmul_many(&[&wa, &wb], &qa, &mut [&mut ma, &mut mb]));
+        assert_eq!(sa, ma);
+        assert_eq!(sb, mb);
+    }
+}
