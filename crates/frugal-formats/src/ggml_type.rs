@@ -68,7 +68,7 @@ pub enum GgmlType {
 ///   block (code c at bits 2c), m `u16` for codes 8..16 (code c at bits
 ///   2(c − 8)), then each block's 16 i8 codes; code c stands for weight
 ///   4⌊c/2⌋ + its position (value `d·q`).
-/// * `Q4_0x16`, `Q8_0x16`: Q4_0 and Q8_0 matrices re-laid out in memory for
+/// * `Q4_0x16`, `Q4_1x16`, `Q8_0x16`: Q4_0, Q4_1 and Q8_0 matrices re-laid out in memory for
 ///   the one-token kernel, 16 rows at a time (see `frugal_kernels::interleave`).
 ///   Same bytes per row as the ggml type, but a row's bytes are spread over
 ///   its group of 16 rows. A run-time layout only: never read from or
@@ -81,6 +81,7 @@ pub enum FrugalType {
     SparseQ8 { keep: u8 },
     Sparse24Q8,
     Q4_0x16,
+    Q4_1x16,
     Q8_0x16,
 }
 
@@ -120,6 +121,7 @@ impl FrugalType {
             | FrugalType::I8Tok
             | FrugalType::Sparse24Q8
             | FrugalType::Q4_0x16
+            | FrugalType::Q4_1x16
             | FrugalType::Q8_0x16 => true,
             FrugalType::SparseQ8 { keep } => (1..=63).contains(&keep),
         }
@@ -130,6 +132,7 @@ impl FrugalType {
     pub fn interleaved_base(self) -> Option<GgmlType> {
         match self {
             FrugalType::Q4_0x16 => Some(GgmlType::Q4_0),
+            FrugalType::Q4_1x16 => Some(GgmlType::Q4_1),
             FrugalType::Q8_0x16 => Some(GgmlType::Q8_0),
             _ => None,
         }
@@ -152,6 +155,7 @@ impl FrugalType {
             // Reserved: the GGUF writer refuses run-time layouts.
             FrugalType::Q4_0x16 => FRUGAL_ID | 0xFC00,
             FrugalType::Q8_0x16 => FRUGAL_ID | 0xFC01,
+            FrugalType::Q4_1x16 => FRUGAL_ID | 0xFC02,
         }
     }
 
@@ -164,7 +168,7 @@ impl FrugalType {
             // Sparse rows: headers per block, counted in the type size.
             FrugalType::SparseQ8 { .. } | FrugalType::Sparse24Q8 => 0,
             // The ggml block's scale, counted in the type size.
-            FrugalType::Q4_0x16 | FrugalType::Q8_0x16 => 0,
+            FrugalType::Q4_0x16 | FrugalType::Q4_1x16 | FrugalType::Q8_0x16 => 0,
         }
     }
 
@@ -178,6 +182,7 @@ impl FrugalType {
                 group: 32..=256,
                 ..
             } | FrugalType::Q4_0x16
+                | FrugalType::Q4_1x16
                 | FrugalType::Q8_0x16
         )
     }
@@ -186,7 +191,7 @@ impl FrugalType {
     pub fn code_bits(self) -> usize {
         match self {
             FrugalType::Affine { bits, .. } => bits as usize,
-            FrugalType::Q4_0x16 => 4,
+            FrugalType::Q4_0x16 | FrugalType::Q4_1x16 => 4,
             FrugalType::Q8_0x16
             | FrugalType::W8Row
             | FrugalType::I8Tok
@@ -210,6 +215,7 @@ impl FrugalType {
             FrugalType::SparseQ8 { keep } => format!("SQ8_{keep}of64"),
             FrugalType::Sparse24Q8 => "SQ8_2of4".into(),
             FrugalType::Q4_0x16 => "Q4_0x16".into(),
+            FrugalType::Q4_1x16 => "Q4_1x16".into(),
             FrugalType::Q8_0x16 => "Q8_0x16".into(),
         }
     }
@@ -278,6 +284,7 @@ impl GgmlType {
     pub fn interleaved16(self) -> Option<GgmlType> {
         match self {
             GgmlType::Q4_0 => Some(GgmlType::Frugal(FrugalType::Q4_0x16)),
+            GgmlType::Q4_1 => Some(GgmlType::Frugal(FrugalType::Q4_1x16)),
             GgmlType::Q8_0 => Some(GgmlType::Frugal(FrugalType::Q8_0x16)),
             _ => None,
         }
@@ -321,6 +328,7 @@ impl GgmlType {
             Frugal(FrugalType::SparseQ8 { keep }) => 12 + keep as usize,
             Frugal(FrugalType::Sparse24Q8) => 6 + 16,
             Frugal(FrugalType::Q4_0x16) => Q4_0.type_size(),
+            Frugal(FrugalType::Q4_1x16) => Q4_1.type_size(),
             Frugal(FrugalType::Q8_0x16) => Q8_0.type_size(),
             Frugal(t) if t.is_row_wise() => 4 * t.code_bits(),
             Frugal(t) => t.header_bytes() + self.block_size() / 8 * t.code_bits(),
@@ -379,6 +387,7 @@ impl GgmlType {
         use GgmlType::*;
         match self {
             Frugal(FrugalType::Q4_0x16) => "Q4_0x16",
+            Frugal(FrugalType::Q4_1x16) => "Q4_1x16",
             Frugal(FrugalType::Q8_0x16) => "Q8_0x16",
             Frugal(t) => {
                 static NAMES: OnceLock<Vec<(FrugalType, &'static str)>> = OnceLock::new();

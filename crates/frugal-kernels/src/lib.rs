@@ -33,13 +33,10 @@ impl std::fmt::Display for KernelError {
 }
 impl std::error::Error for KernelError {}
 
-/// The activation type `ty`'s matmul takes (its traits' `vec_dot_type`;
-/// Q8_0 for the interleaved layouts), or `None` if it has no kernels.
+/// The activation type `ty`'s matmul takes (its traits' `vec_dot_type`; an
+/// interleaved layout takes its base type's), or `None` if it has no kernels.
 pub fn vec_dot_type(ty: GgmlType) -> Option<GgmlType> {
-    if interleave::is_interleaved(ty) {
-        return Some(GgmlType::Q8_0);
-    }
-    traits(ty).map(|t| t.vec_dot_type)
+    traits(ty.interleaved_base().unwrap_or(ty)).map(|t| t.vec_dot_type)
 }
 
 fn interleave_base(ty: GgmlType) -> GgmlType {

@@ -17,7 +17,10 @@
 //! once, sharing each activation load, reduces their block sums together and
 //! prefetches the weights well ahead. The sparse int8 types (`sparse`) have
 //! a kernel of the same kind (`sparse::avx512::gemv`, also VBMI and VBMI2),
-//! run token by token over blocks of 16 rows for prompts. Every other type
+//! run token by token over blocks of 16 rows for prompts. Q4_0 and Q8_0
+//! matrices a model laid out 16 rows at a time (`Q4_0x16`, `Q8_0x16`, see
+//! [`crate::interleave`]) run `interleave::avx512::matmul`, up to 4 tokens
+//! per weight load, for decode and prompts alike. Every other type
 //! (floats, k-quants, frugal's own types, …) runs its traits `vec_dot` per
 //! (row, token), in blocks of 16 rows that stay in cache across all tokens
 //! (prefetching the next block for one token).
@@ -213,9 +216,9 @@ enum Kernel {
     Sparse(crate::sparse::avx512::Kind),
     /// The traits' dot product per (row, token).
     Dot(VecDot),
-    /// An interleaved layout's AVX-512 kernel (`true`: Q8_0x16).
+    /// An interleaved layout's AVX-512 kernel (its `interleave::avx512` kind).
     #[cfg(target_arch = "x86_64")]
-    Interleaved(bool),
+    Interleaved(u8),
     /// An interleaved layout's scalar reference (CPUs without AVX-512 VNNI,
     /// which never make the layout; kept so a matmul is right anywhere).
     InterleavedRef,
@@ -344,7 +347,12 @@ fn pick_kernel(ty: GgmlType, acts: &QuantizedActs) -> Kernel {
     if interleave::is_interleaved(ty) {
         #[cfg(target_arch = "x86_64")]
         if acts.has_packed && interleave::avx512::available() {
-            return Kernel::Interleaved(ty == GgmlType::Frugal(FrugalType::Q8_0x16));
+            use interleave::avx512::{Q4, Q4M, Q8};
+            return Kernel::Interleaved(match ty {
+                GgmlType::Frugal(FrugalType::Q8_0x16) => Q8,
+                GgmlType::Frugal(FrugalType::Q4_1x16) => Q4M,
+                _ => Q4,
+            });
         }
         return Kernel::InterleavedRef;
     }
@@ -434,15 +442,16 @@ unsafe fn run_rows(
             }
         }
         #[cfg(target_arch = "x86_64")]
-        Kernel::Interleaved(q8) => {
+        Kernel::Interleaved(kind) => {
             // SAFETY: `pick_kernel` chose this only with the kernel's CPU
-            // features and packed Q8_0 activations of `cols / 32` blocks;
+            // features and packed activations of `cols / 32` blocks, of the
+            // type `matmul` checked against the weights;
             // `matmul` checked the weight bytes, whole 16-row groups, and
             // task ranges are multiples of 16 rows (`chunk_rows`); rows
             // r0..r1 of every token are ours (function contract).
             unsafe {
                 interleave::avx512::matmul(
-                    q8,
+                    kind,
                     w.data.as_ptr(),
                     w.cols / 32,
                     r0 / interleave::ROWS..r1.div_ceil(interleave::ROWS),
@@ -514,7 +523,11 @@ pub fn matmul_f32(w: &QMatrix, x: &[f32], n_tok: usize, acts: &mut QuantizedActs
 /// (row, token), same output layout as [`matmul`].
 pub fn matmul_ref(w: &QMatrix, acts: &QuantizedActs, out: &mut [f32]) {
     if interleave::is_interleaved(w.ty) {
-        assert_eq!(acts.dot_ty, GgmlType::Q8_0, "matmul_ref: activation type");
+        assert_eq!(
+            Some(acts.dot_ty),
+            crate::vec_dot_type(w.ty),
+            "matmul_ref: activation type"
+        );
         assert_eq!(out.len(), acts.n_tok * w.rows, "matmul_ref: output length");
         interleave::matmul_ref(
             w.ty,

@@ -1,4 +1,4 @@
-//! The interleaved run-time layouts (Q4_0x16, Q8_0x16): the layout round-
+//! The interleaved run-time layouts (Q4_0x16, Q4_1x16, Q8_0x16): the layout round-
 //! trips to ggml's bytes, dequantizes to the same values, and its matmul
 //! (the SIMD kernel, 1 and 2 threads, decode and prompt token counts)
 //! equals its scalar reference bit for bit and the ggml layout's result to
@@ -12,7 +12,7 @@ use matmul_common::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-const TYPES: [GgmlType; 2] = [GgmlType::Q4_0, GgmlType::Q8_0];
+const TYPES: [GgmlType; 3] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
 
 #[test]
 fn layout_round_trips_and_dequantizes_the_same() {
@@ -42,7 +42,8 @@ fn layout_round_trips_and_dequantizes_the_same() {
 
 #[test]
 fn bad_shapes_are_refused() {
-    assert!(!can_interleave(GgmlType::Q4_1, 16, 32));
+    assert!(!can_interleave(GgmlType::Q5_0, 16, 32));
+    assert!(!can_interleave(GgmlType::Q4K, 16, 256));
     assert!(!can_interleave(GgmlType::Q8_0, 24, 32));
     assert!(!can_interleave(GgmlType::Q8_0, 0, 32));
     assert!(can_interleave(GgmlType::Q8_0, 32, 64));
@@ -72,7 +73,7 @@ fn matmul_matches_reference_and_ggml_layout() {
             for n_tok in [1usize, 2, 3, 4, 7, 17] {
                 let x = acts(n_tok, cols, &mut r);
                 let mut qa = QuantizedActs::new();
-                qa.quantize(GgmlType::Q8_0, &x, n_tok, cols);
+                qa.quantize(frugal_kernels::vec_dot_type(ty).unwrap(), &x, n_tok, cols);
                 let mut want = vec![0.0f32; n_tok * rows];
                 matmul_ref(&wi, &qa, &mut want);
                 let mut ggml = vec![0.0f32; n_tok * rows];

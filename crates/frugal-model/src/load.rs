@@ -67,7 +67,7 @@ pub enum Residency {
     #[default]
     Mapped,
     /// Read once into anonymous memory with huge pages (faster decoding;
-    /// see `GgufFile::read_into_memory`), the Q4_0 and Q8_0 matrices then
+    /// see `GgufFile::read_into_memory`), the Q4_0, Q4_1 and Q8_0 matrices then
     /// laid out for the one-token kernel in place (see [`interleave_matrices`]).
     /// Other layouts stay mapped.
     InMemory,
@@ -97,8 +97,8 @@ pub fn load_source_with(
     Ok((src, format))
 }
 
-/// Lays the Q4_0 and Q8_0 weight matrices of a GGUF file read into memory
-/// out 16 rows at a time (`Q4_0x16`, `Q8_0x16`; see
+/// Lays the Q4_0, Q4_1 and Q8_0 weight matrices of a GGUF file read into memory
+/// out 16 rows at a time (`Q4_0x16`, `Q4_1x16`, `Q8_0x16`; see
 /// `frugal_kernels::interleave`), in place, on CPUs with the kernel for it
 /// (AVX-512 VNNI): decode reads them up to 1.8× as fast. The matrices are
 /// the block matrices (and low-rank factors), the output matrix, and the

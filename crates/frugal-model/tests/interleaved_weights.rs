@@ -1,7 +1,7 @@
-//! Reading a GGUF into memory lays its Q4_0 and Q8_0 matrices out 16 rows at
+//! Reading a GGUF into memory lays its Q4_0, Q4_1 and Q8_0 matrices out 16 rows at
 //! a time (on CPUs with the kernel), and the model computes the same logits
-//! as from the mapped file in ggml's layout: tied and untied output, Q4_0
-//! and Q8_0 blocks, prompt and one-token steps.
+//! as from the mapped file in ggml's layout: tied and untied output, Q4_0,
+//! Q4_1 and Q8_0 blocks, prompt and one-token steps.
 
 use frugal_formats::gguf::{GgufFile, GgufWriter};
 use frugal_formats::{GgmlType, MetaValue};
@@ -103,6 +103,7 @@ fn in_memory_layout_gives_the_mapped_logits() {
         (GgmlType::Q8_0, true),
         (GgmlType::Q4_0, false),
         (GgmlType::Q4_0, true),
+        (GgmlType::Q4_1, false),
     ]
     .into_iter()
     .enumerate()

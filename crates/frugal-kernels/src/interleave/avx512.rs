@@ -2,12 +2,14 @@
 //! per block of a 16-row group, each 64-byte chunk meets 4 activation bytes
 //! broadcast in one `vpdpbusd` (16 rows at once), starting from the
 //! activation's bias correction; one FMA per token applies the 16 rows'
-//! scales. Up to 4 tokens share each chunk load (prompts).
+//! scales (a second, Q4_1, their minimums). Up to 4 tokens share each chunk
+//! load (prompts).
 //!
 //! Activations come from [`PackedActs`] (the legacy micro-kernel's layout,
-//! already built for Q8_0 activations on AVX-512): block `4q + k`'s quants
-//! 0..16 at `qs[16k..]` and 16..32 at `qs[64 + 16k..]` of quad `q`, its scale
-//! in `d16[4k]`, `-bias · Σq` in lane `4k` of `corr`.
+//! already built for Q8_0 and Q8_1 activations on AVX-512): block `4q + k`'s
+//! quants 0..16 at `qs[16k..]` and 16..32 at `qs[64 + 16k..]` of quad `q`,
+//! its scale in `d16[4k]`; Q8_0: `-bias · Σq` in lane `4k` of `corr`; Q8_1:
+//! its sum `s` in lane `4k` of `s16`.
 
 use super::ROWS;
 use crate::legacy::packed::PackedActs;
@@ -18,9 +20,10 @@ use std::arch::x86_64::*;
 /// a 145 MB matrix: 1–2 KiB best, 4 KiB 10–30 % slower).
 const PREFETCH: usize = 2048;
 
-/// Which base type (const generic): Q4_0 or Q8_0.
+/// Which base type (const generic and [`matmul`]'s `kind`): Q4_0, Q4_1, Q8_0.
 pub const Q4: u8 = 0;
 pub const Q8: u8 = 1;
+pub const Q4M: u8 = 2;
 
 /// The [`PackedActs::corr`] index of each base type's bias (8, 128).
 const fn corr_index(ty: u8) -> usize {
@@ -32,10 +35,19 @@ const fn corr_index(ty: u8) -> usize {
 }
 
 const fn block_bytes(ty: u8) -> usize {
-    if ty == Q8 {
-        ROWS * 34
+    match ty {
+        Q8 => ROWS * 34,
+        Q4M => ROWS * 20,
+        _ => ROWS * 18,
+    }
+}
+
+/// Where an interleaved block's chunks start (after its scales and minimums).
+const fn chunks_at(ty: u8) -> usize {
+    if ty == Q4M {
+        64
     } else {
-        ROWS * 18
+        32
     }
 }
 
@@ -59,7 +71,7 @@ fn act_offset(k: usize, j: usize) -> usize {
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI, F16C and FMA available; `g` holds `nb` interleaved
 /// blocks of type `TY`; `acts` holds tokens `t0..t0 + T` packed from Q8_0
-/// rows of `nb` blocks (with the bias corrections); `out.add(t * ostride + i)`
+/// rows of `nb` blocks with the bias corrections (Q4_1: Q8_1 rows with sums); `out.add(t * ostride + i)`
 /// is writable for those tokens and `i < 16`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn group<const TY: u8, const T: usize>(
@@ -73,6 +85,7 @@ unsafe fn group<const TY: u8, const T: usize>(
     let nq = acts.nq;
     let quads = acts.quads.as_ptr();
     let corr = acts.corr[corr_index(TY)].as_ptr();
+    let sums = acts.s16.as_ptr();
     let m4 = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); T];
     // SAFETY: every weight load lies inside block b < nb of the group, every
@@ -85,9 +98,14 @@ unsafe fn group<const TY: u8, const T: usize>(
             let mut s = [_mm512_setzero_si512(); T];
             let mut qa = [std::ptr::null::<i8>(); T];
             let mut ad = [0.0f32; T];
+            let mut sa = [0.0f32; T];
             for t in 0..T {
                 let i = (t0 + t) * nq + q;
-                s[t] = _mm512_set1_epi32((*corr.add(i)).0[4 * k]);
+                if TY == Q4M {
+                    sa[t] = (*sums.add(i)).0[4 * k];
+                } else {
+                    s[t] = _mm512_set1_epi32((*corr.add(i)).0[4 * k]);
+                }
                 qa[t] = (*quads.add(i)).qs.as_ptr();
                 ad[t] = (*quads.add(i)).d16[4 * k];
             }
@@ -107,7 +125,7 @@ unsafe fn group<const TY: u8, const T: usize>(
                 }
             } else {
                 for j in 0..4 {
-                    let c = p.add(32 + 64 * j);
+                    let c = p.add(chunks_at(TY) + 64 * j);
                     _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(PREFETCH).cast());
                     let v = _mm512_loadu_si512(c.cast());
                     let lo = _mm512_and_si512(v, m4);
@@ -123,6 +141,12 @@ unsafe fn group<const TY: u8, const T: usize>(
                 let sc = _mm512_mul_ps(wd, _mm512_set1_ps(ad[t]));
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[t]), sc, acc[t]);
             }
+            if TY == Q4M {
+                let wm = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32).cast()));
+                for t in 0..T {
+                    acc[t] = _mm512_fmadd_ps(wm, _mm512_set1_ps(sa[t]), acc[t]);
+                }
+            }
         }
         for (t, a) in acc.iter().enumerate() {
             _mm512_storeu_ps(out.add((t0 + t) * ostride), *a);
@@ -136,11 +160,11 @@ unsafe fn group<const TY: u8, const T: usize>(
 ///
 /// # Safety
 /// [`available`]; `w` holds at least `groups.end` groups of `nb` blocks of
-/// the type (`q8`: Q8_0x16, else Q4_0x16); `acts` packed from Q8_0 rows of
-/// `nb` blocks; `out.add(t * ostride + r)` writable for every token and row
+/// the type `kind` ([`Q4`]: Q4_0x16, [`Q8`]: Q8_0x16, [`Q4M`]: Q4_1x16);
+/// `acts` packed from rows of `nb` blocks of its activation type; `out.add(t * ostride + r)` writable for every token and row
 /// of the groups, and not accessed by anyone else meanwhile.
 pub(crate) unsafe fn matmul(
-    q8: bool,
+    kind: u8,
     w: *const u8,
     nb: usize,
     groups: std::ops::Range<usize>,
@@ -154,15 +178,19 @@ pub(crate) unsafe fn matmul(
     );
     assert_eq!(acts.nb, nb, "activations of another width");
     assert_eq!(acts.quads.len(), acts.n_tok * acts.nq, "packed activations");
-    let ci = corr_index(if q8 { Q8 } else { Q4 });
-    assert_eq!(
-        acts.corr[ci].len(),
-        acts.quads.len(),
-        "Q8_0 bias corrections"
-    );
+    if kind == Q4M {
+        assert_eq!(acts.s16.len(), acts.quads.len(), "Q8_1 block sums");
+    } else {
+        let ci = corr_index(kind);
+        assert_eq!(
+            acts.corr[ci].len(),
+            acts.quads.len(),
+            "Q8_0 bias corrections"
+        );
+    }
     let n = acts.n_tok;
     for gi in groups {
-        let bytes = if q8 { block_bytes(Q8) } else { block_bytes(Q4) };
+        let bytes = block_bytes(kind);
         // SAFETY: group gi is inside `w` (contract); tokens t0..t0 + T < n
         // are packed (checked above); outputs as the caller promised.
         unsafe {
@@ -171,10 +199,10 @@ pub(crate) unsafe fn matmul(
             let mut t0 = 0;
             macro_rules! run {
                 ($t:literal) => {
-                    if q8 {
-                        group::<Q8, $t>(g, nb, acts, t0, o, ostride)
-                    } else {
-                        group::<Q4, $t>(g, nb, acts, t0, o, ostride)
+                    match kind {
+                        Q8 => group::<Q8, $t>(g, nb, acts, t0, o, ostride),
+                        Q4M => group::<Q4M, $t>(g, nb, acts, t0, o, ostride),
+                        _ => group::<Q4, $t>(g, nb, acts, t0, o, ostride),
                     }
                 };
             }

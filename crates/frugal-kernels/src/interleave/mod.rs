@@ -1,5 +1,5 @@
-//! Q4_0 and Q8_0 matrices laid out 16 rows at a time for the one-token
-//! kernel (`Q4_0x16`, `Q8_0x16`): a run-time layout, made in place when a
+//! Q4_0, Q4_1 and Q8_0 matrices laid out 16 rows at a time for the one-token
+//! kernel (`Q4_0x16`, `Q4_1x16`, `Q8_0x16`): a run-time layout, made in place when a
 //! model is read into memory for inference, never written to a file.
 //!
 //! Why: a decode step reads every weight once, so the kernel must keep up
@@ -7,18 +7,20 @@
 //! lanes that must be reduced and transposed before its scale applies. Here
 //! block `b` of a group of 16 rows is stored as
 //!
-//! * the 16 rows' f16 scales `d` (32 bytes), then
-//! * Q4_0: 4 chunks of 64 bytes; in chunk `j`, bytes `4r..4r + 4` are row
-//!   `r`'s `qs[4j..4j + 4]` as ggml stores them (low nibbles: quants
+//! * the 16 rows' f16 scales `d` (32 bytes), for Q4_1 then their f16
+//!   minimums `m` (32 bytes), then
+//! * Q4_0, Q4_1: 4 chunks of 64 bytes; in chunk `j`, bytes `4r..4r + 4` are
+//!   row `r`'s `qs[4j..4j + 4]` as ggml stores them (low nibbles: quants
 //!   `4j..4j + 4`, high nibbles: quants `16 + 4j..`);
 //! * Q8_0: 8 chunks of 64 bytes; in chunk `j`, bytes `4r..4r + 4` are row
 //!   `r`'s quants `4j..4j + 4`, each stored as `q ^ 0x80` (q + 128 unsigned).
 //!
 //! so one `vpdpbusd` of a chunk against 4 activation bytes broadcast gives
 //! 16 rows' partial sums in 16 lanes, and one FMA applies 16 scales. A group
-//! takes exactly the bytes of its 16 ggml rows (288 or 544 per block of 32
-//! columns), so the layout is made in place. Measured: Q8_0 decode reads
-//! weights ~1.6× as fast as through the row layout.
+//! takes exactly the bytes of its 16 ggml rows (288, 320 or 544 per block
+//! of 32 columns), so the layout is made in place. Measured (BENCHMARKS.md,
+//! session 7): SmolLM2's Q8_0 matrices decode at 37 GB/s against 21 GB/s
+//! through the row layout, on 2 threads.
 //!
 //! [`matmul_ref`] is the scalar reference the SIMD kernel (`avx512`) is held
 //! to, bit for bit.
@@ -37,8 +39,19 @@ pub const ROWS: usize = 16;
 fn block_bytes(base: GgmlType) -> usize {
     match base {
         GgmlType::Q4_0 => 18,
+        GgmlType::Q4_1 => 20,
         GgmlType::Q8_0 => 34,
         other => panic!("{other} has no interleaved layout"),
+    }
+}
+
+/// Bytes of a ggml block's header: `d`, and `m` for Q4_1. An interleaved
+/// block holds 16 headers' fields field by field, then its chunks.
+fn header_bytes(base: GgmlType) -> usize {
+    if base == GgmlType::Q4_1 {
+        4
+    } else {
+        2
     }
 }
 
@@ -48,7 +61,7 @@ fn base_of(ty: GgmlType) -> GgmlType {
 }
 
 /// Whether a `rows × cols` matrix of `ty` can take the interleaved layout:
-/// Q4_0 or Q8_0, whole groups of 16 rows.
+/// Q4_0, Q4_1 or Q8_0, whole groups of 16 rows.
 pub fn can_interleave(ty: GgmlType, rows: usize, cols: usize) -> bool {
     ty.interleaved16().is_some()
         && rows > 0
@@ -75,11 +88,11 @@ pub fn available() -> bool {
 pub fn is_interleaved(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::Frugal(FrugalType::Q4_0x16 | FrugalType::Q8_0x16)
+        GgmlType::Frugal(FrugalType::Q4_0x16 | FrugalType::Q4_1x16 | FrugalType::Q8_0x16)
     )
 }
 
-/// Rewrites the ggml rows of a `rows × cols` Q4_0 or Q8_0 matrix in `data`
+/// Rewrites the ggml rows of a `rows × cols` Q4_0, Q4_1 or Q8_0 matrix in `data`
 /// into the interleaved layout, in place; returns the new type.
 /// Panics unless [`can_interleave`] and `data` is the matrix's bytes.
 pub fn interleave_in_place(ty: GgmlType, rows: usize, cols: usize, data: &mut [u8]) -> GgmlType {
@@ -87,7 +100,7 @@ pub fn interleave_in_place(ty: GgmlType, rows: usize, cols: usize, data: &mut [u
         can_interleave(ty, rows, cols),
         "{ty} {rows}x{cols}: no interleaved layout"
     );
-    let bb = block_bytes(ty);
+    let (bb, hb) = (block_bytes(ty), header_bytes(ty));
     let nb = cols / QK;
     let rb = nb * bb;
     assert_eq!(data.len(), rows * rb, "{ty} {rows}x{cols}: byte count");
@@ -98,10 +111,12 @@ pub fn interleave_in_place(ty: GgmlType, rows: usize, cols: usize, data: &mut [u
             let out = &mut group[b * ROWS * bb..(b + 1) * ROWS * bb];
             for r in 0..ROWS {
                 let blk = &rows16[r * rb + b * bb..r * rb + (b + 1) * bb];
-                out[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
-                let qs = &blk[2..];
+                for f in 0..hb / 2 {
+                    out[32 * f + 2 * r..32 * f + 2 * r + 2].copy_from_slice(&blk[2 * f..2 * f + 2]);
+                }
+                let qs = &blk[hb..];
                 for (j, q4) in qs.chunks_exact(4).enumerate() {
-                    let at = 32 + 64 * j + 4 * r;
+                    let at = 16 * hb + 64 * j + 4 * r;
                     for (o, &q) in out[at..at + 4].iter_mut().zip(q4) {
                         *o = if ty == GgmlType::Q8_0 { q ^ 0x80 } else { q };
                     }
@@ -117,7 +132,7 @@ pub fn interleave_in_place(ty: GgmlType, rows: usize, cols: usize, data: &mut [u
 pub fn row_to_ggml(ty: GgmlType, data: &[u8], cols: usize, r: usize, out: &mut [u8]) {
     assert!(is_interleaved(ty), "{ty} is not interleaved");
     let base = base_of(ty);
-    let bb = block_bytes(base);
+    let (bb, hb) = (block_bytes(base), header_bytes(base));
     let nb = cols / QK;
     assert_eq!(out.len(), nb * bb, "one {base} row of {cols}");
     let group = &data[(r / ROWS) * ROWS * nb * bb..][..ROWS * nb * bb];
@@ -125,9 +140,11 @@ pub fn row_to_ggml(ty: GgmlType, data: &[u8], cols: usize, r: usize, out: &mut [
     for b in 0..nb {
         let src = &group[b * ROWS * bb..(b + 1) * ROWS * bb];
         let blk = &mut out[b * bb..(b + 1) * bb];
-        blk[..2].copy_from_slice(&src[2 * lane..2 * lane + 2]);
-        for (j, q4) in blk[2..].chunks_exact_mut(4).enumerate() {
-            let at = 32 + 64 * j + 4 * lane;
+        for f in 0..hb / 2 {
+            blk[2 * f..2 * f + 2].copy_from_slice(&src[32 * f + 2 * lane..32 * f + 2 * lane + 2]);
+        }
+        for (j, q4) in blk[hb..].chunks_exact_mut(4).enumerate() {
+            let at = 16 * hb + 64 * j + 4 * lane;
             for (o, &q) in q4.iter_mut().zip(&src[at..at + 4]) {
                 *o = if base == GgmlType::Q8_0 { q ^ 0x80 } else { q };
             }
@@ -168,10 +185,11 @@ pub fn dequantize_rows(
 }
 
 /// The scalar reference: `out[t * ostride + r - rows.start] = dot(row r,
-/// token t)` for the rows `r` of whole groups in `rows` and every token of `acts` (Q8_0
-/// rows in ggml's layout, `acts_row_bytes` apart). Per block: the exact
-/// integer sum, then `acc = fma(sum, d_w · d_a, acc)` in f32, as the SIMD
-/// kernel does, so the two agree bit for bit.
+/// token t)` for the rows `r` of whole groups in `rows` and every token of
+/// `acts` (rows of the activation type, Q8_1 for Q4_1 and Q8_0 otherwise,
+/// in ggml's layout). Per block: the exact integer sum, then `acc = fma(sum,
+/// d_w · d_a, acc)` in f32 (and for Q4_1 `acc = fma(m_w, s_a, acc)`), as the
+/// SIMD kernel does, so the two agree bit for bit.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_ref(
     ty: GgmlType,
@@ -184,14 +202,20 @@ pub fn matmul_ref(
     ostride: usize,
 ) {
     let base = base_of(ty);
-    let bb = block_bytes(base);
+    let (bb, hb) = (block_bytes(base), header_bytes(base));
     let nb = cols / QK;
-    let arb = nb * 34;
+    // Activation blocks: Q8_1 (d, s, 32 quants) for Q4_1, else Q8_0 (d, quants).
+    let (abb, ahb) = if base == GgmlType::Q4_1 {
+        (36, 4)
+    } else {
+        (34, 2)
+    };
+    let arb = nb * abb;
     assert!(
         rows.start.is_multiple_of(ROWS) && rows.end.is_multiple_of(ROWS),
         "whole groups"
     );
-    assert_eq!(acts.len(), n_tok * arb, "Q8_0 activations");
+    assert_eq!(acts.len(), n_tok * arb, "activation bytes");
     let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
     for g in rows.start / ROWS..rows.end / ROWS {
         let group = &data[g * ROWS * nb * bb..][..ROWS * nb * bb];
@@ -200,14 +224,14 @@ pub fn matmul_ref(
             let mut acc = [0.0f32; ROWS];
             for b in 0..nb {
                 let src = &group[b * ROWS * bb..(b + 1) * ROWS * bb];
-                let ab = &a[b * 34..(b + 1) * 34];
-                let (ad, aq) = (f16(ab), &ab[2..]);
+                let ab = &a[b * abb..(b + 1) * abb];
+                let (ad, aq) = (f16(ab), &ab[ahb..]);
                 let asum: i32 = aq.iter().map(|&v| v as i8 as i32).sum();
                 for (lane, acc) in acc.iter_mut().enumerate() {
                     let mut s: i32 = 0;
-                    for j in 0..bb - 2 {
+                    for j in 0..bb - hb {
                         // Stored byte j of this lane's block (chunk j / 4).
-                        let u = src[32 + 64 * (j / 4) + 4 * lane + j % 4];
+                        let u = src[16 * hb + 64 * (j / 4) + 4 * lane + j % 4];
                         if base == GgmlType::Q8_0 {
                             s += u as i32 * aq[j] as i8 as i32;
                         } else {
@@ -215,9 +239,17 @@ pub fn matmul_ref(
                             s += (u >> 4) as i32 * aq[16 + j] as i8 as i32;
                         }
                     }
-                    s -= if base == GgmlType::Q8_0 { 128 } else { 8 } * asum;
+                    s -= match base {
+                        GgmlType::Q8_0 => 128 * asum,
+                        GgmlType::Q4_0 => 8 * asum,
+                        _ => 0,
+                    };
                     let dw = f16(&src[2 * lane..]);
                     *acc = (s as f32).mul_add(dw * ad, *acc);
+                    if base == GgmlType::Q4_1 {
+                        let mw = f16(&src[32 + 2 * lane..]);
+                        *acc = mw.mul_add(f16(&ab[2..]), *acc);
+                    }
                 }
             }
             for (lane, v) in acc.iter().enumerate() {
