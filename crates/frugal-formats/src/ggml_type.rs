@@ -68,7 +68,8 @@ pub enum GgmlType {
 ///   block (code c at bits 2c), m `u16` for codes 8..16 (code c at bits
 ///   2(c − 8)), then each block's 16 i8 codes; code c stands for weight
 ///   4⌊c/2⌋ + its position (value `d·q`).
-/// * `Q4_0x16`, `Q4_1x16`, `Q8_0x16`: Q4_0, Q4_1 and Q8_0 matrices re-laid out in memory for
+/// * `Q4_0x16`, `Q4_1x16`, `Q8_0x16`, `SQ8_2of4x16`: Q4_0, Q4_1, Q8_0 and
+///   `SQ8_2of4` matrices re-laid out in memory for
 ///   the one-token kernel, 16 rows at a time (see `frugal_kernels::interleave`).
 ///   Same bytes per row as the ggml type, but a row's bytes are spread over
 ///   its group of 16 rows. A run-time layout only: never read from or
@@ -83,6 +84,7 @@ pub enum FrugalType {
     Q4_0x16,
     Q4_1x16,
     Q8_0x16,
+    Sparse24Q8x16,
 }
 
 /// The id prefix of frugal's types ("FR").
@@ -122,7 +124,8 @@ impl FrugalType {
             | FrugalType::Sparse24Q8
             | FrugalType::Q4_0x16
             | FrugalType::Q4_1x16
-            | FrugalType::Q8_0x16 => true,
+            | FrugalType::Q8_0x16
+            | FrugalType::Sparse24Q8x16 => true,
             FrugalType::SparseQ8 { keep } => (1..=63).contains(&keep),
         }
     }
@@ -134,6 +137,7 @@ impl FrugalType {
             FrugalType::Q4_0x16 => Some(GgmlType::Q4_0),
             FrugalType::Q4_1x16 => Some(GgmlType::Q4_1),
             FrugalType::Q8_0x16 => Some(GgmlType::Q8_0),
+            FrugalType::Sparse24Q8x16 => Some(GgmlType::Frugal(FrugalType::Sparse24Q8)),
             _ => None,
         }
     }
@@ -156,6 +160,7 @@ impl FrugalType {
             FrugalType::Q4_0x16 => FRUGAL_ID | 0xFC00,
             FrugalType::Q8_0x16 => FRUGAL_ID | 0xFC01,
             FrugalType::Q4_1x16 => FRUGAL_ID | 0xFC02,
+            FrugalType::Sparse24Q8x16 => FRUGAL_ID | 0xFC03,
         }
     }
 
@@ -168,7 +173,10 @@ impl FrugalType {
             // Sparse rows: headers per block, counted in the type size.
             FrugalType::SparseQ8 { .. } | FrugalType::Sparse24Q8 => 0,
             // The ggml block's scale, counted in the type size.
-            FrugalType::Q4_0x16 | FrugalType::Q4_1x16 | FrugalType::Q8_0x16 => 0,
+            FrugalType::Q4_0x16
+            | FrugalType::Q4_1x16
+            | FrugalType::Q8_0x16
+            | FrugalType::Sparse24Q8x16 => 0,
         }
     }
 
@@ -184,6 +192,7 @@ impl FrugalType {
             } | FrugalType::Q4_0x16
                 | FrugalType::Q4_1x16
                 | FrugalType::Q8_0x16
+                | FrugalType::Sparse24Q8x16
         )
     }
 
@@ -193,6 +202,7 @@ impl FrugalType {
             FrugalType::Affine { bits, .. } => bits as usize,
             FrugalType::Q4_0x16 | FrugalType::Q4_1x16 => 4,
             FrugalType::Q8_0x16
+            | FrugalType::Sparse24Q8x16
             | FrugalType::W8Row
             | FrugalType::I8Tok
             | FrugalType::SparseQ8 { .. }
@@ -216,6 +226,7 @@ impl FrugalType {
             FrugalType::Sparse24Q8 => "SQ8_2of4".into(),
             FrugalType::Q4_0x16 => "Q4_0x16".into(),
             FrugalType::Q4_1x16 => "Q4_1x16".into(),
+            FrugalType::Sparse24Q8x16 => "SQ8_2of4x16".into(),
             FrugalType::Q8_0x16 => "Q8_0x16".into(),
         }
     }
@@ -285,6 +296,9 @@ impl GgmlType {
         match self {
             GgmlType::Q4_0 => Some(GgmlType::Frugal(FrugalType::Q4_0x16)),
             GgmlType::Q4_1 => Some(GgmlType::Frugal(FrugalType::Q4_1x16)),
+            GgmlType::Frugal(FrugalType::Sparse24Q8) => {
+                Some(GgmlType::Frugal(FrugalType::Sparse24Q8x16))
+            }
             GgmlType::Q8_0 => Some(GgmlType::Frugal(FrugalType::Q8_0x16)),
             _ => None,
         }
@@ -329,6 +343,7 @@ impl GgmlType {
             Frugal(FrugalType::Sparse24Q8) => 6 + 16,
             Frugal(FrugalType::Q4_0x16) => Q4_0.type_size(),
             Frugal(FrugalType::Q4_1x16) => Q4_1.type_size(),
+            Frugal(FrugalType::Sparse24Q8x16) => 6 + 16,
             Frugal(FrugalType::Q8_0x16) => Q8_0.type_size(),
             Frugal(t) if t.is_row_wise() => 4 * t.code_bits(),
             Frugal(t) => t.header_bytes() + self.block_size() / 8 * t.code_bits(),
@@ -388,6 +403,7 @@ impl GgmlType {
         match self {
             Frugal(FrugalType::Q4_0x16) => "Q4_0x16",
             Frugal(FrugalType::Q4_1x16) => "Q4_1x16",
+            Frugal(FrugalType::Sparse24Q8x16) => "SQ8_2of4x16",
             Frugal(FrugalType::Q8_0x16) => "Q8_0x16",
             Frugal(t) => {
                 static NAMES: OnceLock<Vec<(FrugalType, &'static str)>> = OnceLock::new();

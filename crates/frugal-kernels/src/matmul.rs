@@ -17,10 +17,10 @@
 //! once, sharing each activation load, reduces their block sums together and
 //! prefetches the weights well ahead. The sparse int8 types (`sparse`) have
 //! a kernel of the same kind (`sparse::avx512::gemv`, also VBMI and VBMI2),
-//! run token by token over blocks of 16 rows for prompts. Q4_0 and Q8_0
-//! matrices a model laid out 16 rows at a time (`Q4_0x16`, `Q8_0x16`, see
-//! [`crate::interleave`]) run `interleave::avx512::matmul`, up to 4 tokens
-//! per weight load, for decode and prompts alike. Every other type
+//! run token by token over blocks of 16 rows for prompts. Q4_0, Q4_1, Q8_0
+//! and `SQ8_2of4` matrices a model laid out 16 rows at a time (`Q4_0x16`,
+//! …, see [`crate::interleave`]) run `interleave::avx512::matmul`, up to 4
+//! tokens per weight load, for decode and prompts alike. Every other type
 //! (floats, k-quants, frugal's own types, …) runs its traits `vec_dot` per
 //! (row, token), in blocks of 16 rows that stay in cache across all tokens
 //! (prefetching the next block for one token).
@@ -346,13 +346,17 @@ pub fn matmul_many(ws: &[&QMatrix], acts: &QuantizedActs, outs: &mut [&mut [f32]
 fn pick_kernel(ty: GgmlType, acts: &QuantizedActs) -> Kernel {
     if interleave::is_interleaved(ty) {
         #[cfg(target_arch = "x86_64")]
-        if acts.has_packed && interleave::avx512::available() {
-            use interleave::avx512::{Q4, Q4M, Q8};
-            return Kernel::Interleaved(match ty {
+        {
+            use interleave::avx512::{available_for, Q4, Q4M, Q8, S24};
+            let kind = match ty {
                 GgmlType::Frugal(FrugalType::Q8_0x16) => Q8,
                 GgmlType::Frugal(FrugalType::Q4_1x16) => Q4M,
+                GgmlType::Frugal(FrugalType::Sparse24Q8x16) => S24,
                 _ => Q4,
-            });
+            };
+            if acts.has_packed && available_for(kind) {
+                return Kernel::Interleaved(kind);
+            }
         }
         return Kernel::InterleavedRef;
     }
@@ -456,6 +460,7 @@ unsafe fn run_rows(
                     w.cols / 32,
                     r0 / interleave::ROWS..r1.div_ceil(interleave::ROWS),
                     &acts.packed,
+                    &acts.data,
                     out,
                     w.rows,
                 )

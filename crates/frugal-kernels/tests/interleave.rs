@@ -1,24 +1,29 @@
-//! The interleaved run-time layouts (Q4_0x16, Q4_1x16, Q8_0x16): the layout round-
+//! The interleaved run-time layouts (Q4_0x16, Q4_1x16, Q8_0x16, SQ8_2of4x16): the layout round-
 //! trips to ggml's bytes, dequantizes to the same values, and its matmul
 //! (the SIMD kernel, 1 and 2 threads, decode and prompt token counts)
 //! equals its scalar reference bit for bit and the ggml layout's result to
 //! rounding.
 
 mod matmul_common;
-use frugal_formats::GgmlType;
+use frugal_formats::{FrugalType, GgmlType};
 use frugal_kernels::interleave::{self, can_interleave, interleave_in_place};
 use frugal_kernels::matmul::{matmul, matmul_many, matmul_ref, QMatrix, QuantizedActs};
 use matmul_common::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-const TYPES: [GgmlType; 3] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+const TYPES: [GgmlType; 4] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::Frugal(FrugalType::Sparse24Q8),
+];
 
 #[test]
 fn layout_round_trips_and_dequantizes_the_same() {
     let mut r = StdRng::seed_from_u64(7);
     for ty in TYPES {
-        for (rows, cols) in [(16, 32), (32, 96), (48, 576)] {
+        for (rows, cols) in [(16, 32), (32, 96), (48, 576), (16, 160)] {
             let c = make_case(ty, rows, cols, &mut r);
             let mut il = c.wbytes.clone();
             let ity = interleave_in_place(ty, rows, cols, &mut il);

@@ -67,8 +67,9 @@ pub enum Residency {
     #[default]
     Mapped,
     /// Read once into anonymous memory with huge pages (faster decoding;
-    /// see `GgufFile::read_into_memory`), the Q4_0, Q4_1 and Q8_0 matrices then
-    /// laid out for the one-token kernel in place (see [`interleave_matrices`]).
+    /// see `GgufFile::read_into_memory`), the Q4_0, Q4_1, Q8_0 and 2:4
+    /// matrices then laid out for the one-token kernel in place (see
+    /// [`interleave_matrices`]).
     /// Other layouts stay mapped.
     InMemory,
 }
@@ -97,15 +98,16 @@ pub fn load_source_with(
     Ok((src, format))
 }
 
-/// Lays the Q4_0, Q4_1 and Q8_0 weight matrices of a GGUF file read into memory
-/// out 16 rows at a time (`Q4_0x16`, `Q4_1x16`, `Q8_0x16`; see
+/// Lays the Q4_0, Q4_1, Q8_0 and `SQ8_2of4` weight matrices of a GGUF file
+/// read into memory out 16 rows at a time (`Q4_0x16`, …; see
 /// `frugal_kernels::interleave`), in place, on CPUs with the kernel for it
 /// (AVX-512 VNNI): decode reads them up to 1.8× as fast. The matrices are
 /// the block matrices (and low-rank factors), the output matrix, and the
 /// token embedding when it is also the output matrix (tied): an embedding
 /// only looked up stays as it is. Returns how many were laid out.
 pub fn interleave_matrices(file: &mut GgufFile) -> Result<usize, ModelError> {
-    if !frugal_kernels::interleave::available() {
+    use frugal_kernels::interleave;
+    if !interleave::available() {
         return Ok(0);
     }
     let tied = file.tensor_info("output.weight").is_none();
@@ -140,8 +142,10 @@ pub fn interleave_matrices(file: &mut GgufFile) -> Result<usize, ModelError> {
             return None;
         };
         let (cols, rows) = (cols as usize, rows as usize);
-        (is_matrix(&info.name) && frugal_kernels::interleave::can_interleave(info.ty, rows, cols))
-            .then(|| frugal_kernels::interleave::interleave_in_place(info.ty, rows, cols, bytes))
+        (is_matrix(&info.name)
+            && interleave::available_for(info.ty)
+            && interleave::can_interleave(info.ty, rows, cols))
+        .then(|| interleave::interleave_in_place(info.ty, rows, cols, bytes))
     })?)
 }
 

@@ -1,7 +1,7 @@
-//! Reading a GGUF into memory lays its Q4_0, Q4_1 and Q8_0 matrices out 16 rows at
+//! Reading a GGUF into memory lays its Q4_0, Q4_1, Q8_0 and SQ8_2of4 matrices out 16 rows at
 //! a time (on CPUs with the kernel), and the model computes the same logits
 //! as from the mapped file in ggml's layout: tied and untied output, Q4_0,
-//! Q4_1 and Q8_0 blocks, prompt and one-token steps.
+//! Q4_1, Q8_0 and 2:4 sparse blocks, prompt and one-token steps.
 
 use frugal_formats::gguf::{GgufFile, GgufWriter};
 use frugal_formats::{GgmlType, MetaValue};
@@ -38,8 +38,11 @@ fn write_model(path: &std::path::Path, ty: GgmlType, tied: bool, seed: u64) {
             .map(|_| rng.gen_range(-1.0f32..1.0) * s)
             .collect();
         let q = frugal_kernels::traits(ty).unwrap().from_float.unwrap();
-        let mut bytes = vec![0u8; rows * ty.row_bytes(cols as u64).unwrap() as usize];
-        q(&v, &mut bytes);
+        let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+        let mut bytes = vec![0u8; rows * rb];
+        for (x, y) in v.chunks_exact(cols).zip(bytes.chunks_exact_mut(rb)) {
+            q(x, y);
+        }
         w.add_tensor(name, ty, vec![cols as u64, rows as u64], bytes)
             .unwrap();
     };
@@ -104,6 +107,10 @@ fn in_memory_layout_gives_the_mapped_logits() {
         (GgmlType::Q4_0, false),
         (GgmlType::Q4_0, true),
         (GgmlType::Q4_1, false),
+        (
+            GgmlType::Frugal(frugal_formats::FrugalType::Sparse24Q8),
+            false,
+        ),
     ]
     .into_iter()
     .enumerate()

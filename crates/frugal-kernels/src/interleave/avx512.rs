@@ -24,6 +24,8 @@ const PREFETCH: usize = 2048;
 pub const Q4: u8 = 0;
 pub const Q8: u8 = 1;
 pub const Q4M: u8 = 2;
+/// `SQ8_2of4x16`.
+pub const S24: u8 = 3;
 
 /// The [`PackedActs::corr`] index of each base type's bias (8, 128).
 const fn corr_index(ty: u8) -> usize {
@@ -37,6 +39,7 @@ const fn corr_index(ty: u8) -> usize {
 const fn block_bytes(ty: u8) -> usize {
     match ty {
         Q8 => ROWS * 34,
+        S24 => ROWS * 22,
         Q4M => ROWS * 20,
         _ => ROWS * 18,
     }
@@ -154,54 +157,172 @@ unsafe fn group<const TY: u8, const T: usize>(
     }
 }
 
+/// Bit offsets (`vpmultishiftqb` controls) of chunk `j`'s 2-bit positions:
+/// byte `i` of lane `r` (a qword holds lanes `2q`, `2q + 1`) takes bits
+/// `8j + 2i` of that lane's position word.
+const fn s24_shifts(j: usize) -> [u8; 64] {
+    let mut a = [0u8; 64];
+    let mut b = 0;
+    while b < 64 {
+        let (h, i) = ((b % 8) / 4, b % 4);
+        a[b] = (32 * h + 8 * j + 2 * i) as u8;
+        b += 1;
+    }
+    a
+}
+
+/// Chunk `j`'s code `4j + i` stands for weight `8j + 4⌊i/2⌋ + position`.
+const fn s24_bases(j: usize) -> [u8; 64] {
+    let mut a = [0u8; 64];
+    let mut b = 0;
+    while b < 64 {
+        a[b] = (8 * j + 4 * ((b % 4) / 2)) as u8;
+        b += 1;
+    }
+    a
+}
+
+/// Loads 64 constant bytes.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn bytes64(a: &[u8; 64]) -> __m512i {
+    // SAFETY: `a` is 64 readable bytes; unaligned load.
+    unsafe { _mm512_loadu_si512(a.as_ptr().cast()) }
+}
+
+/// One group of 16 `SQ8_2of4x16` rows against tokens `t0..t0 + T`: each
+/// chunk's 4 codes per row meet activations gathered per lane (`vpermb`
+/// by 2-bit position), biased to unsigned; `128 · Σ codes` comes off.
+///
+/// # Safety
+/// As [`group`], plus AVX-512 VBMI; `a` points at token 0's Q8_0 row
+/// (`arb` bytes per token, `nb` blocks of 34 bytes).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn group_s24<const T: usize>(
+    g: *const u8,
+    nb: usize,
+    acts: &PackedActs,
+    a: *const u8,
+    arb: usize,
+    t0: usize,
+    out: *mut f32,
+    ostride: usize,
+) {
+    let nq = acts.nq;
+    let quads = acts.quads.as_ptr();
+    let three = _mm512_set1_epi8(3);
+    let flip = _mm256_set1_epi8(-128);
+    let bias = _mm512_set1_epi8(-128);
+    let mut acc = [_mm512_setzero_ps(); T];
+    // SAFETY: weight loads lie inside block b < nb of the group; activation
+    // loads inside block b of a token t0 + t < n_tok's row (contract).
+    unsafe {
+        for b in 0..nb {
+            let p = g.add(b * block_bytes(S24));
+            let pos = _mm512_loadu_si512(p.add(32).cast());
+            let mut au = [_mm512_setzero_si512(); T];
+            let mut ad = [0.0f32; T];
+            for t in 0..T {
+                let row = a.add((t0 + t) * arb + 34 * b + 2);
+                let v = _mm256_xor_si256(_mm256_loadu_si256(row.cast()), flip);
+                au[t] = _mm512_castsi256_si512(v);
+                ad[t] = (*quads.add((t0 + t) * nq + b / 4)).d16[4 * (b % 4)];
+            }
+            let mut s = [_mm512_setzero_si512(); T];
+            let mut c = _mm512_setzero_si512();
+            macro_rules! chunk {
+                ($j:literal) => {{
+                    let w = _mm512_loadu_si512(p.add(96 + 64 * $j).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(p.add(96 + 64 * $j).wrapping_add(PREFETCH).cast());
+                    let sh = _mm512_multishift_epi64_epi8(bytes64(&const { s24_shifts($j) }), pos);
+                    let idx = _mm512_add_epi8(
+                        _mm512_and_si512(sh, three),
+                        bytes64(&const { s24_bases($j) }),
+                    );
+                    c = _mm512_dpbusd_epi32(c, bias, w);
+                    for (t, s) in s.iter_mut().enumerate() {
+                        *s = _mm512_dpbusd_epi32(*s, _mm512_permutexvar_epi8(idx, au[t]), w);
+                    }
+                }};
+            }
+            chunk!(0);
+            chunk!(1);
+            chunk!(2);
+            chunk!(3);
+            let wd = _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
+            for t in 0..T {
+                let sc = _mm512_mul_ps(wd, _mm512_set1_ps(ad[t]));
+                let st = _mm512_sub_epi32(s[t], c);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(st), sc, acc[t]);
+            }
+        }
+        for (t, v) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add((t0 + t) * ostride), *v);
+        }
+    }
+}
+
+/// Whether this CPU can run [`matmul`] for `kind` (`S24` also needs VBMI).
+pub fn available_for(kind: u8) -> bool {
+    available() && (kind != S24 || is_x86_feature_detected!("avx512vbmi"))
+}
+
 /// `out[t * ostride + r] = dot(row r, token t)` for the rows of `groups`
 /// (16 rows each) of an interleaved matrix at `w` (`nb` blocks per row) and
 /// every token of `acts`, tokens 4 at a time.
 ///
 /// # Safety
-/// [`available`]; `w` holds at least `groups.end` groups of `nb` blocks of
-/// the type `kind` ([`Q4`]: Q4_0x16, [`Q8`]: Q8_0x16, [`Q4M`]: Q4_1x16);
-/// `acts` packed from rows of `nb` blocks of its activation type; `out.add(t * ostride + r)` writable for every token and row
-/// of the groups, and not accessed by anyone else meanwhile.
+/// [`available_for`] `kind`; `w` holds at least `groups.end` groups of `nb`
+/// blocks of the type `kind` ([`Q4`]: Q4_0x16, [`Q8`]: Q8_0x16, [`Q4M`]:
+/// Q4_1x16, [`S24`]: SQ8_2of4x16); `acts` packed from rows of `nb` blocks of
+/// its activation type, which `rows` holds in ggml's layout; `out.add(t *
+/// ostride + r)` writable for every token and row of the groups, and not
+/// accessed by anyone else meanwhile.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matmul(
     kind: u8,
     w: *const u8,
     nb: usize,
     groups: std::ops::Range<usize>,
     acts: &PackedActs,
+    rows: &[u8],
     out: *mut f32,
     ostride: usize,
 ) {
     assert!(
-        available(),
-        "interleaved kernel on a CPU without AVX-512 VNNI"
+        available_for(kind),
+        "interleaved kernel on a CPU without its AVX-512 features"
     );
     assert_eq!(acts.nb, nb, "activations of another width");
     assert_eq!(acts.quads.len(), acts.n_tok * acts.nq, "packed activations");
-    if kind == Q4M {
-        assert_eq!(acts.s16.len(), acts.quads.len(), "Q8_1 block sums");
-    } else {
-        let ci = corr_index(kind);
-        assert_eq!(
-            acts.corr[ci].len(),
+    match kind {
+        Q4M => assert_eq!(acts.s16.len(), acts.quads.len(), "Q8_1 block sums"),
+        S24 => assert_eq!(rows.len(), acts.n_tok * nb * 34, "Q8_0 activation rows"),
+        _ => assert_eq!(
+            acts.corr[corr_index(kind)].len(),
             acts.quads.len(),
             "Q8_0 bias corrections"
-        );
+        ),
     }
     let n = acts.n_tok;
+    let arb = nb * 34;
     for gi in groups {
         let bytes = block_bytes(kind);
         // SAFETY: group gi is inside `w` (contract); tokens t0..t0 + T < n
-        // are packed (checked above); outputs as the caller promised.
+        // are packed, and their rows in `rows` (checked above); outputs as
+        // the caller promised.
         unsafe {
             let g = w.add(gi * nb * bytes);
             let o = out.add(gi * ROWS);
+            let a = rows.as_ptr();
             let mut t0 = 0;
             macro_rules! run {
                 ($t:literal) => {
                     match kind {
                         Q8 => group::<Q8, $t>(g, nb, acts, t0, o, ostride),
                         Q4M => group::<Q4M, $t>(g, nb, acts, t0, o, ostride),
+                        S24 => group_s24::<$t>(g, nb, acts, a, arb, t0, o, ostride),
                         _ => group::<Q4, $t>(g, nb, acts, t0, o, ostride),
                     }
                 };

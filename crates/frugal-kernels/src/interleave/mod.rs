@@ -1,5 +1,6 @@
-//! Q4_0, Q4_1 and Q8_0 matrices laid out 16 rows at a time for the one-token
-//! kernel (`Q4_0x16`, `Q4_1x16`, `Q8_0x16`): a run-time layout, made in place when a
+//! Q4_0, Q4_1, Q8_0 and 2:4 sparse int8 matrices laid out 16 rows at a time
+//! for the one-token kernel (`Q4_0x16`, `Q4_1x16`, `Q8_0x16`,
+//! `SQ8_2of4x16`): a run-time layout, made in place when a
 //! model is read into memory for inference, never written to a file.
 //!
 //! Why: a decode step reads every weight once, so the kernel must keep up
@@ -13,12 +14,17 @@
 //!   row `r`'s `qs[4j..4j + 4]` as ggml stores them (low nibbles: quants
 //!   `4j..4j + 4`, high nibbles: quants `16 + 4j..`);
 //! * Q8_0: 8 chunks of 64 bytes; in chunk `j`, bytes `4r..4r + 4` are row
-//!   `r`'s quants `4j..4j + 4`, each stored as `q ^ 0x80` (q + 128 unsigned).
+//!   `r`'s quants `4j..4j + 4`, each stored as `q ^ 0x80` (q + 128 unsigned);
+//! * `SQ8_2of4` (2:4 sparse int8): after the scales, the 16 rows' 32-bit
+//!   position words (code `c`'s 2-bit position at bits `2c`), then 4 chunks
+//!   of 64 bytes: in chunk `j`, bytes `4r..4r + 4` are row `r`'s codes
+//!   `4j..4j + 4` (i8). The kernel gathers each lane's activations with
+//!   `vpermb` by those positions.
 //!
 //! so one `vpdpbusd` of a chunk against 4 activation bytes broadcast gives
 //! 16 rows' partial sums in 16 lanes, and one FMA applies 16 scales. A group
-//! takes exactly the bytes of its 16 ggml rows (288, 320 or 544 per block
-//! of 32 columns), so the layout is made in place. Measured (BENCHMARKS.md,
+//! takes exactly the bytes of its 16 ggml rows (288, 320, 544 or 352 per
+//! block of 32 columns), so the layout is made in place. Measured (BENCHMARKS.md,
 //! session 7): SmolLM2's Q8_0 matrices decode at 37 GB/s against 21 GB/s
 //! through the row layout, on 2 threads.
 //!
@@ -38,11 +44,31 @@ pub const ROWS: usize = 16;
 /// (16 of them).
 fn block_bytes(base: GgmlType) -> usize {
     match base {
+        S24 => 22,
         GgmlType::Q4_0 => 18,
         GgmlType::Q4_1 => 20,
         GgmlType::Q8_0 => 34,
         other => panic!("{other} has no interleaved layout"),
     }
+}
+
+/// frugal's 2:4 sparse int8 type, whose rows group blocks by 4 (see
+/// [`s24_fields`]).
+const S24: GgmlType = GgmlType::Frugal(FrugalType::Sparse24Q8);
+
+/// Byte offsets of block `bi`'s scale, its two position words and its 16
+/// codes in a `SQ8_2of4` row of `nb` blocks (groups of 4 blocks, the last
+/// one possibly shorter: scales, first words, second words, codes).
+fn s24_fields(nb: usize, bi: usize) -> (usize, usize, usize, usize) {
+    let (g, k) = (bi / 4, bi % 4);
+    let m = (nb - 4 * g).min(4);
+    let off = 4 * g * 22;
+    (
+        off + 2 * k,
+        off + 2 * m + 2 * k,
+        off + 4 * m + 2 * k,
+        off + 6 * m + 16 * k,
+    )
 }
 
 /// Bytes of a ggml block's header: `d`, and `m` for Q4_1. An interleaved
@@ -61,7 +87,7 @@ fn base_of(ty: GgmlType) -> GgmlType {
 }
 
 /// Whether a `rows × cols` matrix of `ty` can take the interleaved layout:
-/// Q4_0, Q4_1 or Q8_0, whole groups of 16 rows.
+/// Q4_0, Q4_1, Q8_0 or `SQ8_2of4`, whole groups of 16 rows.
 pub fn can_interleave(ty: GgmlType, rows: usize, cols: usize) -> bool {
     ty.interleaved16().is_some()
         && rows > 0
@@ -84,11 +110,32 @@ pub fn available() -> bool {
     }
 }
 
+/// Whether this CPU has the kernel of `ty`'s interleaved layout ([`available`];
+/// `SQ8_2of4` also needs AVX-512 VBMI), so a matrix of `ty` is worth laying out.
+pub fn available_for(ty: GgmlType) -> bool {
+    if !available() || ty.interleaved16().is_none() {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        ty != S24 || avx512::available_for(avx512::S24)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether `ty` is an interleaved layout.
 pub fn is_interleaved(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::Frugal(FrugalType::Q4_0x16 | FrugalType::Q4_1x16 | FrugalType::Q8_0x16)
+        GgmlType::Frugal(
+            FrugalType::Q4_0x16
+                | FrugalType::Q4_1x16
+                | FrugalType::Q8_0x16
+                | FrugalType::Sparse24Q8x16
+        )
     )
 }
 
@@ -107,6 +154,23 @@ pub fn interleave_in_place(ty: GgmlType, rows: usize, cols: usize, data: &mut [u
     let mut rows16 = vec![0u8; ROWS * rb];
     for group in data.chunks_exact_mut(ROWS * rb) {
         rows16.copy_from_slice(group);
+        if ty == S24 {
+            for b in 0..nb {
+                let out = &mut group[b * ROWS * bb..(b + 1) * ROWS * bb];
+                let (d, p0, p1, c) = s24_fields(nb, b);
+                for r in 0..ROWS {
+                    let row = &rows16[r * rb..(r + 1) * rb];
+                    out[2 * r..2 * r + 2].copy_from_slice(&row[d..d + 2]);
+                    out[32 + 4 * r..34 + 4 * r].copy_from_slice(&row[p0..p0 + 2]);
+                    out[34 + 4 * r..36 + 4 * r].copy_from_slice(&row[p1..p1 + 2]);
+                    for j in 0..4 {
+                        let at = 96 + 64 * j + 4 * r;
+                        out[at..at + 4].copy_from_slice(&row[c + 4 * j..c + 4 * j + 4]);
+                    }
+                }
+            }
+            continue;
+        }
         for b in 0..nb {
             let out = &mut group[b * ROWS * bb..(b + 1) * ROWS * bb];
             for r in 0..ROWS {
@@ -137,6 +201,20 @@ pub fn row_to_ggml(ty: GgmlType, data: &[u8], cols: usize, r: usize, out: &mut [
     assert_eq!(out.len(), nb * bb, "one {base} row of {cols}");
     let group = &data[(r / ROWS) * ROWS * nb * bb..][..ROWS * nb * bb];
     let lane = r % ROWS;
+    if base == S24 {
+        for b in 0..nb {
+            let src = &group[b * ROWS * bb..(b + 1) * ROWS * bb];
+            let (d, p0, p1, c) = s24_fields(nb, b);
+            out[d..d + 2].copy_from_slice(&src[2 * lane..2 * lane + 2]);
+            out[p0..p0 + 2].copy_from_slice(&src[32 + 4 * lane..34 + 4 * lane]);
+            out[p1..p1 + 2].copy_from_slice(&src[34 + 4 * lane..36 + 4 * lane]);
+            for j in 0..4 {
+                let at = 96 + 64 * j + 4 * lane;
+                out[c + 4 * j..c + 4 * j + 4].copy_from_slice(&src[at..at + 4]);
+            }
+        }
+        return;
+    }
     for b in 0..nb {
         let src = &group[b * ROWS * bb..(b + 1) * ROWS * bb];
         let blk = &mut out[b * bb..(b + 1) * bb];
@@ -229,6 +307,20 @@ pub fn matmul_ref(
                 let asum: i32 = aq.iter().map(|&v| v as i8 as i32).sum();
                 for (lane, acc) in acc.iter_mut().enumerate() {
                     let mut s: i32 = 0;
+                    if base == S24 {
+                        // Code c stands for weight 4⌊c/2⌋ + its 2-bit position.
+                        let pos = u32::from_le_bytes(
+                            src[32 + 4 * lane..36 + 4 * lane].try_into().unwrap(),
+                        );
+                        for c in 0..16 {
+                            let q = src[96 + 64 * (c / 4) + 4 * lane + c % 4] as i8 as i32;
+                            let w = 4 * (c / 2) + (pos >> (2 * c) & 3) as usize;
+                            s += q * aq[w] as i8 as i32;
+                        }
+                        let dw = f16(&src[2 * lane..]);
+                        *acc = (s as f32).mul_add(dw * ad, *acc);
+                        continue;
+                    }
                     for j in 0..bb - hb {
                         // Stored byte j of this lane's block (chunk j / 4).
                         let u = src[16 * hb + 64 * (j / 4) + 4 * lane + j % 4];
