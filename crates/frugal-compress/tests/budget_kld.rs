@@ -39,15 +39,7 @@ fn calibration() -> Calibration {
     calib
 }
 
-const NAMES: [&str; 7] = [
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-];
+const NAMES: [&str; 7] = frugal_model::BLOCK_MATRIX_NAMES;
 
 fn slot(w: &mut LayerF32, k: usize) -> &mut Vec<f32> {
     [

@@ -138,16 +138,7 @@ fn bench_matvec_and_prefill() {
 #[test]
 #[ignore]
 fn bench_smollm2_matmuls() {
-    model_matmuls(
-        GgmlType::Q4_1,
-        Shape {
-            hidden: 576,
-            ffn: 1536,
-            kv: 192,
-            layers: 30,
-            vocab: 49152,
-        },
-    );
+    model_matmuls(GgmlType::Q4_1, SMOLLM2);
 }
 
 /// The same shapes with the block matrices dense Q8_0, then in the sparse
@@ -162,16 +153,7 @@ fn bench_smollm2_sparse_matmuls() {
         GgmlType::Frugal(FrugalType::Sparse24Q8),
     ] {
         println!("{ty}:");
-        model_matmuls(
-            ty,
-            Shape {
-                hidden: 576,
-                ffn: 1536,
-                kv: 192,
-                layers: 30,
-                vocab: 49152,
-            },
-        );
+        model_matmuls(ty, SMOLLM2);
     }
 }
 
@@ -180,17 +162,26 @@ fn bench_smollm2_sparse_matmuls() {
 #[test]
 #[ignore]
 fn bench_qwen05_q4_0_matmuls() {
-    model_matmuls(
-        GgmlType::Q4_0,
-        Shape {
-            hidden: 896,
-            ffn: 4864,
-            kv: 128,
-            layers: 24,
-            vocab: 151936,
-        },
-    );
+    model_matmuls(GgmlType::Q4_0, QWEN05);
 }
+
+/// SmolLM2-135M's matrix shapes.
+const SMOLLM2: Shape = Shape {
+    hidden: 576,
+    ffn: 1536,
+    kv: 192,
+    layers: 30,
+    vocab: 49152,
+};
+
+/// Qwen2.5-0.5B's matrix shapes.
+const QWEN05: Shape = Shape {
+    hidden: 896,
+    ffn: 4864,
+    kv: 128,
+    layers: 24,
+    vocab: 151936,
+};
 
 struct Shape {
     hidden: usize,
@@ -205,17 +196,7 @@ struct Shape {
 #[test]
 #[ignore]
 fn bench_qwen05_q4_0_interleaved_matmuls() {
-    model_matmuls_in(
-        GgmlType::Q4_0,
-        Shape {
-            hidden: 896,
-            ffn: 4864,
-            kv: 128,
-            layers: 24,
-            vocab: 151936,
-        },
-        true,
-    );
+    model_matmuls_in(GgmlType::Q4_0, QWEN05, true);
 }
 
 /// SmolLM2 in Q8_0, ggml layout then interleaved (`Q8_0x16`).
@@ -224,17 +205,7 @@ fn bench_qwen05_q4_0_interleaved_matmuls() {
 fn bench_smollm2_q8_0_interleaved_matmuls() {
     for interleaved in [false, true] {
         println!("interleaved: {interleaved}");
-        model_matmuls_in(
-            GgmlType::Q8_0,
-            Shape {
-                hidden: 576,
-                ffn: 1536,
-                kv: 192,
-                layers: 30,
-                vocab: 49152,
-            },
-            interleaved,
-        );
+        model_matmuls_in(GgmlType::Q8_0, SMOLLM2, interleaved);
     }
 }
 

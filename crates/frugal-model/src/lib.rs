@@ -19,7 +19,9 @@ pub use forward::{rms_norm, softmax, swiglu, Logits, Model, State};
 pub use kv::{KvCache, KvType};
 pub use load::{load, load_with, LoadedModel, Residency};
 pub use sampling::{Sampler, SamplerConfig};
-pub use weights::{factor_names, qmatrix, tensor_to_f32, Layer, Linear, Weights};
+pub use weights::{
+    factor_names, qmatrix, tensor_to_f32, Layer, Linear, Weights, BLOCK_MATRIX_NAMES,
+};
 
 use frugal_formats::FormatError;
 

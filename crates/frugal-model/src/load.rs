@@ -118,17 +118,7 @@ pub fn interleave_matrices(file: &mut GgufFile) -> Result<usize, ModelError> {
         match block {
             Some((n, m)) => {
                 n.parse::<usize>().is_ok()
-                    && [
-                        "attn_q",
-                        "attn_k",
-                        "attn_v",
-                        "attn_output",
-                        "ffn_gate",
-                        "ffn_up",
-                        "ffn_down",
-                    ]
-                    .iter()
-                    .any(|k| {
+                    && crate::BLOCK_MATRIX_NAMES.iter().any(|k| {
                         [".weight", "_a.weight", "_b.weight"]
                             .iter()
                             .any(|s| m.strip_prefix(k) == Some(s))

@@ -100,6 +100,18 @@ pub fn factor_names(name: &str) -> (String, String) {
     (format!("{stem}_a.weight"), format!("{stem}_b.weight"))
 }
 
+/// GGUF short names of a block's seven matrices (`blk.N.{name}.weight`),
+/// in [`Layer::matrices`]' order.
+pub const BLOCK_MATRIX_NAMES: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
+
 /// One transformer block.
 pub struct Layer {
     pub attn_norm: Vec<f32>,

@@ -276,15 +276,7 @@ pub fn run(a: Args) -> Result<()> {
     if let (Some(r), GgmlType::Frugal(FrugalType::SparseQ8 { .. })) = (&block_ratios, ty) {
         for (li, &ratio) in r.iter().enumerate() {
             let keep = sparse_keep(ratio);
-            for s in [
-                "attn_q",
-                "attn_k",
-                "attn_v",
-                "attn_output",
-                "ffn_gate",
-                "ffn_up",
-                "ffn_down",
-            ] {
+            for s in frugal_model::BLOCK_MATRIX_NAMES {
                 tensor_types.insert(
                     format!("blk.{li}.{s}.weight"),
                     GgmlType::Frugal(FrugalType::SparseQ8 { keep }),

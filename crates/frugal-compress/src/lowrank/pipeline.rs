@@ -20,15 +20,7 @@ use frugal_formats::{GgmlType, ModelSource};
 use frugal_model::{factor_names, Model};
 
 /// The block matrices by their short names, in [`matrices`]' order.
-pub const KINDS: [&str; 7] = [
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-];
+pub const KINDS: [&str; 7] = frugal_model::BLOCK_MATRIX_NAMES;
 
 /// What to factor, and how.
 pub struct LowRankOptions<'a> {
