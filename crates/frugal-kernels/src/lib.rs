@@ -36,11 +36,7 @@ impl std::error::Error for KernelError {}
 /// The activation type `ty`'s matmul takes (its traits' `vec_dot_type`; an
 /// interleaved layout takes its base type's), or `None` if it has no kernels.
 pub fn vec_dot_type(ty: GgmlType) -> Option<GgmlType> {
-    traits(ty.interleaved_base().unwrap_or(ty)).map(|t| t.vec_dot_type)
-}
-
-fn interleave_base(ty: GgmlType) -> GgmlType {
-    ty.interleaved_base().unwrap_or(ty)
+    traits(interleave::base_of(ty)).map(|t| t.vec_dot_type)
 }
 
 /// Whether `ty` has a header per row (so a tensor is not one long row).
@@ -91,7 +87,7 @@ pub fn dequantize_rows(
         let whole = row_len > 0 && rows * row_len == dst.len();
         let rb = ty.row_bytes(row_len as u64).unwrap_or(u64::MAX);
         if !whole
-            || !interleave::can_interleave(interleave_base(ty), rows, row_len)
+            || !interleave::can_interleave(interleave::base_of(ty), rows, row_len)
             || src.len() as u64 != rows as u64 * rb
         {
             return Err(KernelError(format!(

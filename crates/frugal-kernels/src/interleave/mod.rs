@@ -82,7 +82,7 @@ fn header_bytes(base: GgmlType) -> usize {
 }
 
 /// The base type of an interleaved type, or of a type that has one.
-fn base_of(ty: GgmlType) -> GgmlType {
+pub(crate) fn base_of(ty: GgmlType) -> GgmlType {
     ty.interleaved_base().unwrap_or(ty)
 }
 
@@ -128,63 +128,75 @@ pub fn available_for(ty: GgmlType) -> bool {
 
 /// Whether `ty` is an interleaved layout.
 pub fn is_interleaved(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::Frugal(
-            FrugalType::Q4_0x16
-                | FrugalType::Q4_1x16
-                | FrugalType::Q8_0x16
-                | FrugalType::Sparse24Q8x16
-        )
-    )
+    ty.interleaved_base().is_some()
 }
 
-/// Rewrites the ggml rows of a `rows × cols` Q4_0, Q4_1 or Q8_0 matrix in `data`
-/// into the interleaved layout, in place; returns the new type.
-/// Panics unless [`can_interleave`] and `data` is the matrix's bytes.
+/// Calls `f(ggml, interleaved, len, flip)` for each run of bytes that block
+/// `b` of the row in lane `lane` takes: its offset in a ggml row of `nb`
+/// blocks of `base`, its offset in the interleaved block, its length, and
+/// whether it is stored `^ 0x80` (Q8_0 quants). Both directions of the
+/// layout walk these runs.
+fn spans(
+    base: GgmlType,
+    nb: usize,
+    b: usize,
+    lane: usize,
+    mut f: impl FnMut(usize, usize, usize, bool),
+) {
+    if base == S24 {
+        let (d, p0, p1, c) = s24_fields(nb, b);
+        f(d, 2 * lane, 2, false);
+        f(p0, 32 + 4 * lane, 2, false);
+        f(p1, 34 + 4 * lane, 2, false);
+        for j in 0..4 {
+            f(c + 4 * j, 96 + 64 * j + 4 * lane, 4, false);
+        }
+        return;
+    }
+    let (bb, hb) = (block_bytes(base), header_bytes(base));
+    let at = b * bb;
+    for k in 0..hb / 2 {
+        f(at + 2 * k, 32 * k + 2 * lane, 2, false);
+    }
+    for j in 0..(bb - hb) / 4 {
+        f(
+            at + hb + 4 * j,
+            16 * hb + 64 * j + 4 * lane,
+            4,
+            base == GgmlType::Q8_0,
+        );
+    }
+}
+
+/// Copies `len` bytes, flipping their top bits if `flip`.
+fn copy_span(dst: &mut [u8], src: &[u8], flip: bool) {
+    for (o, &q) in dst.iter_mut().zip(src) {
+        *o = if flip { q ^ 0x80 } else { q };
+    }
+}
+
+/// Rewrites the ggml rows of a `rows × cols` matrix in `data` (Q4_0, Q4_1,
+/// Q8_0 or `SQ8_2of4`) into the interleaved layout, in place; returns the
+/// new type. Panics unless [`can_interleave`] and `data` is the matrix's bytes.
 pub fn interleave_in_place(ty: GgmlType, rows: usize, cols: usize, data: &mut [u8]) -> GgmlType {
     assert!(
         can_interleave(ty, rows, cols),
         "{ty} {rows}x{cols}: no interleaved layout"
     );
-    let (bb, hb) = (block_bytes(ty), header_bytes(ty));
+    let bb = block_bytes(ty);
     let nb = cols / QK;
     let rb = nb * bb;
     assert_eq!(data.len(), rows * rb, "{ty} {rows}x{cols}: byte count");
     let mut rows16 = vec![0u8; ROWS * rb];
     for group in data.chunks_exact_mut(ROWS * rb) {
         rows16.copy_from_slice(group);
-        if ty == S24 {
-            for b in 0..nb {
-                let out = &mut group[b * ROWS * bb..(b + 1) * ROWS * bb];
-                let (d, p0, p1, c) = s24_fields(nb, b);
-                for r in 0..ROWS {
-                    let row = &rows16[r * rb..(r + 1) * rb];
-                    out[2 * r..2 * r + 2].copy_from_slice(&row[d..d + 2]);
-                    out[32 + 4 * r..34 + 4 * r].copy_from_slice(&row[p0..p0 + 2]);
-                    out[34 + 4 * r..36 + 4 * r].copy_from_slice(&row[p1..p1 + 2]);
-                    for j in 0..4 {
-                        let at = 96 + 64 * j + 4 * r;
-                        out[at..at + 4].copy_from_slice(&row[c + 4 * j..c + 4 * j + 4]);
-                    }
-                }
-            }
-            continue;
-        }
         for b in 0..nb {
             let out = &mut group[b * ROWS * bb..(b + 1) * ROWS * bb];
-            for r in 0..ROWS {
-                let blk = &rows16[r * rb + b * bb..r * rb + (b + 1) * bb];
-                for f in 0..hb / 2 {
-                    out[32 * f + 2 * r..32 * f + 2 * r + 2].copy_from_slice(&blk[2 * f..2 * f + 2]);
-                }
-                let qs = &blk[hb..];
-                for (j, q4) in qs.chunks_exact(4).enumerate() {
-                    let at = 16 * hb + 64 * j + 4 * r;
-                    for (o, &q) in out[at..at + 4].iter_mut().zip(q4) {
-                        *o = if ty == GgmlType::Q8_0 { q ^ 0x80 } else { q };
-                    }
-                }
+            for lane in 0..ROWS {
+                let row = &rows16[lane * rb..(lane + 1) * rb];
+                spans(ty, nb, b, lane, |g, i, n, flip| {
+                    copy_span(&mut out[i..i + n], &row[g..g + n], flip)
+                });
             }
         }
     }
@@ -196,37 +208,15 @@ pub fn interleave_in_place(ty: GgmlType, rows: usize, cols: usize, data: &mut [u
 pub fn row_to_ggml(ty: GgmlType, data: &[u8], cols: usize, r: usize, out: &mut [u8]) {
     assert!(is_interleaved(ty), "{ty} is not interleaved");
     let base = base_of(ty);
-    let (bb, hb) = (block_bytes(base), header_bytes(base));
+    let bb = block_bytes(base);
     let nb = cols / QK;
     assert_eq!(out.len(), nb * bb, "one {base} row of {cols}");
     let group = &data[(r / ROWS) * ROWS * nb * bb..][..ROWS * nb * bb];
-    let lane = r % ROWS;
-    if base == S24 {
-        for b in 0..nb {
-            let src = &group[b * ROWS * bb..(b + 1) * ROWS * bb];
-            let (d, p0, p1, c) = s24_fields(nb, b);
-            out[d..d + 2].copy_from_slice(&src[2 * lane..2 * lane + 2]);
-            out[p0..p0 + 2].copy_from_slice(&src[32 + 4 * lane..34 + 4 * lane]);
-            out[p1..p1 + 2].copy_from_slice(&src[34 + 4 * lane..36 + 4 * lane]);
-            for j in 0..4 {
-                let at = 96 + 64 * j + 4 * lane;
-                out[c + 4 * j..c + 4 * j + 4].copy_from_slice(&src[at..at + 4]);
-            }
-        }
-        return;
-    }
     for b in 0..nb {
         let src = &group[b * ROWS * bb..(b + 1) * ROWS * bb];
-        let blk = &mut out[b * bb..(b + 1) * bb];
-        for f in 0..hb / 2 {
-            blk[2 * f..2 * f + 2].copy_from_slice(&src[32 * f + 2 * lane..32 * f + 2 * lane + 2]);
-        }
-        for (j, q4) in blk[hb..].chunks_exact_mut(4).enumerate() {
-            let at = 16 * hb + 64 * j + 4 * lane;
-            for (o, &q) in q4.iter_mut().zip(&src[at..at + 4]) {
-                *o = if base == GgmlType::Q8_0 { q ^ 0x80 } else { q };
-            }
-        }
+        spans(base, nb, b, r % ROWS, |g, i, n, flip| {
+            copy_span(&mut out[g..g + n], &src[i..i + n], flip)
+        });
     }
 }
 
@@ -243,7 +233,9 @@ pub fn to_ggml(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> (GgmlType
 }
 
 /// Dequantizes rows `rows` of an interleaved matrix of `cols` columns into
-/// `dst` (`rows.len() * cols` floats).
+/// `dst` (`rows.len() * cols` floats). Q4_0, Q4_1 and Q8_0 go block by block
+/// through a buffer on the stack, so looking up a tied embedding row in the
+/// decode loop allocates nothing; `SQ8_2of4` rows (grouped blocks) go whole.
 pub fn dequantize_rows(
     ty: GgmlType,
     data: &[u8],
@@ -253,12 +245,27 @@ pub fn dequantize_rows(
 ) {
     let base = base_of(ty);
     let to_float = crate::traits(base)
-        .expect("Q4_0 and Q8_0 have kernels")
+        .expect("the interleaved layouts' base types have kernels")
         .to_float;
-    let mut row = vec![0u8; cols / QK * block_bytes(base)];
+    let (bb, nb) = (block_bytes(base), cols / QK);
     for (r, d) in rows.zip(dst.chunks_exact_mut(cols)) {
-        row_to_ggml(ty, data, cols, r, &mut row);
-        to_float(&row, d);
+        if base == S24 {
+            let mut row = vec![0u8; nb * bb];
+            row_to_ggml(ty, data, cols, r, &mut row);
+            to_float(&row, d);
+            continue;
+        }
+        let group = &data[(r / ROWS) * ROWS * nb * bb..][..ROWS * nb * bb];
+        let mut blk = [0u8; 34];
+        for (b, d) in d.chunks_exact_mut(QK).enumerate() {
+            let src = &group[b * ROWS * bb..(b + 1) * ROWS * bb];
+            // Offsets of block b within a row; this buffer holds block b alone.
+            spans(base, nb, b, r % ROWS, |g, i, n, flip| {
+                let g = g - b * bb;
+                copy_span(&mut blk[g..g + n], &src[i..i + n], flip)
+            });
+            to_float(&blk[..bb], d);
+        }
     }
 }
 
