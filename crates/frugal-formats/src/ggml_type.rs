@@ -68,8 +68,8 @@ pub enum GgmlType {
 ///   block (code c at bits 2c), m `u16` for codes 8..16 (code c at bits
 ///   2(c − 8)), then each block's 16 i8 codes; code c stands for weight
 ///   4⌊c/2⌋ + its position (value `d·q`).
-/// * `Q4_0x16`, `Q4_1x16`, `Q8_0x16`, `SQ8_2of4x16`: Q4_0, Q4_1, Q8_0 and
-///   `SQ8_2of4` matrices re-laid out in memory for
+/// * `Q4_0x16`, `Q4_1x16`, `Q8_0x16`, `SQ8_2of4x16`, `SQ8_{keep}of64x16`:
+///   Q4_0, Q4_1, Q8_0, `SQ8_2of4` and `SQ8_{keep}of64` matrices re-laid out in memory for
 ///   the one-token kernel, 16 rows at a time (see `frugal_kernels::interleave`).
 ///   Same bytes per row as the ggml type, but a row's bytes are spread over
 ///   its group of 16 rows. A run-time layout only: never read from or
@@ -85,6 +85,7 @@ pub enum FrugalType {
     Q4_1x16,
     Q8_0x16,
     Sparse24Q8x16,
+    SparseQ8x16 { keep: u8 },
 }
 
 /// The id prefix of frugal's types ("FR").
@@ -126,7 +127,9 @@ impl FrugalType {
             | FrugalType::Q4_1x16
             | FrugalType::Q8_0x16
             | FrugalType::Sparse24Q8x16 => true,
-            FrugalType::SparseQ8 { keep } => (1..=63).contains(&keep),
+            FrugalType::SparseQ8 { keep } | FrugalType::SparseQ8x16 { keep } => {
+                (1..=63).contains(&keep)
+            }
         }
     }
 
@@ -138,6 +141,9 @@ impl FrugalType {
             FrugalType::Q4_1x16 => Some(GgmlType::Q4_1),
             FrugalType::Q8_0x16 => Some(GgmlType::Q8_0),
             FrugalType::Sparse24Q8x16 => Some(GgmlType::Frugal(FrugalType::Sparse24Q8)),
+            FrugalType::SparseQ8x16 { keep } => {
+                Some(GgmlType::Frugal(FrugalType::SparseQ8 { keep }))
+            }
             _ => None,
         }
     }
@@ -161,6 +167,7 @@ impl FrugalType {
             FrugalType::Q8_0x16 => FRUGAL_ID | 0xFC01,
             FrugalType::Q4_1x16 => FRUGAL_ID | 0xFC02,
             FrugalType::Sparse24Q8x16 => FRUGAL_ID | 0xFC03,
+            FrugalType::SparseQ8x16 { keep } => FRUGAL_ID | 0xFB00 | keep as u32,
         }
     }
 
@@ -171,7 +178,9 @@ impl FrugalType {
             FrugalType::Affine { sym: false, .. } => 4,
             FrugalType::W8Row | FrugalType::I8Tok => 8,
             // Sparse rows: headers per block, counted in the type size.
-            FrugalType::SparseQ8 { .. } | FrugalType::Sparse24Q8 => 0,
+            FrugalType::SparseQ8 { .. }
+            | FrugalType::Sparse24Q8
+            | FrugalType::SparseQ8x16 { .. } => 0,
             // The ggml block's scale, counted in the type size.
             FrugalType::Q4_0x16
             | FrugalType::Q4_1x16
@@ -206,6 +215,7 @@ impl FrugalType {
             | FrugalType::W8Row
             | FrugalType::I8Tok
             | FrugalType::SparseQ8 { .. }
+            | FrugalType::SparseQ8x16 { .. }
             | FrugalType::Sparse24Q8 => 8,
         }
     }
@@ -228,6 +238,7 @@ impl FrugalType {
             FrugalType::Q4_1x16 => "Q4_1x16".into(),
             FrugalType::Sparse24Q8x16 => "SQ8_2of4x16".into(),
             FrugalType::Q8_0x16 => "Q8_0x16".into(),
+            FrugalType::SparseQ8x16 { keep } => format!("SQ8_{keep}of64x16"),
         }
     }
 }
@@ -300,6 +311,9 @@ impl GgmlType {
                 Some(GgmlType::Frugal(FrugalType::Sparse24Q8x16))
             }
             GgmlType::Q8_0 => Some(GgmlType::Frugal(FrugalType::Q8_0x16)),
+            GgmlType::Frugal(FrugalType::SparseQ8 { keep }) => {
+                Some(GgmlType::Frugal(FrugalType::SparseQ8x16 { keep }))
+            }
             _ => None,
         }
     }
@@ -326,7 +340,7 @@ impl GgmlType {
                 group: g @ 32..=256,
                 ..
             }) => g as usize,
-            Frugal(FrugalType::SparseQ8 { .. }) => 64,
+            Frugal(FrugalType::SparseQ8 { .. } | FrugalType::SparseQ8x16 { .. }) => 64,
             Frugal(_) => 32,
             F32 | F16 | BF16 => 1,
             Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 => 32,
@@ -339,7 +353,9 @@ impl GgmlType {
         use GgmlType::*;
         match self {
             // Two block headers and (at most) `keep` codes per 64 weights.
-            Frugal(FrugalType::SparseQ8 { keep }) => 12 + keep as usize,
+            Frugal(FrugalType::SparseQ8 { keep } | FrugalType::SparseQ8x16 { keep }) => {
+                12 + keep as usize
+            }
             Frugal(FrugalType::Sparse24Q8) => 6 + 16,
             Frugal(FrugalType::Q4_0x16) => Q4_0.type_size(),
             Frugal(FrugalType::Q4_1x16) => Q4_1.type_size(),
@@ -409,9 +425,12 @@ impl GgmlType {
                 static NAMES: OnceLock<Vec<(FrugalType, &'static str)>> = OnceLock::new();
                 NAMES
                     .get_or_init(|| {
+                        // The files' types, and the run-time sparse layouts.
                         FrugalType::all()
                             .iter()
-                            .map(|&t| (t, &*Box::leak(t.name().into_boxed_str())))
+                            .copied()
+                            .chain((1..=63).map(|keep| FrugalType::SparseQ8x16 { keep }))
+                            .map(|t| (t, &*Box::leak(t.name().into_boxed_str())))
                             .collect()
                     })
                     .iter()

@@ -347,11 +347,12 @@ fn pick_kernel(ty: GgmlType, acts: &QuantizedActs) -> Kernel {
     if interleave::is_interleaved(ty) {
         #[cfg(target_arch = "x86_64")]
         {
-            use interleave::avx512::{available_for, Q4, Q4M, Q8, S24};
+            use interleave::avx512::{available_for, Q4, Q4M, Q8, S24, SQ8};
             let kind = match ty {
                 GgmlType::Frugal(FrugalType::Q8_0x16) => Q8,
                 GgmlType::Frugal(FrugalType::Q4_1x16) => Q4M,
                 GgmlType::Frugal(FrugalType::Sparse24Q8x16) => S24,
+                GgmlType::Frugal(FrugalType::SparseQ8x16 { .. }) => SQ8,
                 _ => Q4,
             };
             if acts.has_packed && available_for(kind) {
@@ -457,7 +458,9 @@ unsafe fn run_rows(
                 interleave::avx512::matmul(
                     kind,
                     w.data.as_ptr(),
+                    w.data.len(),
                     w.cols / 32,
+                    row_bytes,
                     r0 / interleave::ROWS..r1.div_ceil(interleave::ROWS),
                     &acts.packed,
                     &acts.data,

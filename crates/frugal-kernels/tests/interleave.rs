@@ -1,5 +1,5 @@
-//! The interleaved run-time layouts (Q4_0x16, Q4_1x16, Q8_0x16, SQ8_2of4x16): the layout round-
-//! trips to ggml's bytes, dequantizes to the same values, and its matmul
+//! The interleaved run-time layouts (Q4_0x16, Q4_1x16, Q8_0x16, SQ8_2of4x16,
+//! SQ8_32of64x16): the layout round-trips to ggml's bytes, dequantizes to the same values, and its matmul
 //! (the SIMD kernel, 1 and 2 threads, decode and prompt token counts)
 //! equals its scalar reference bit for bit and the ggml layout's result to
 //! rounding.
@@ -12,21 +12,34 @@ use matmul_common::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-const TYPES: [GgmlType; 4] = [
+const TYPES: [GgmlType; 5] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q8_0,
     GgmlType::Frugal(FrugalType::Sparse24Q8),
+    GgmlType::Frugal(FrugalType::SparseQ8 { keep: 32 }),
 ];
 
 #[test]
 fn layout_round_trips_and_dequantizes_the_same() {
     let mut r = StdRng::seed_from_u64(7);
     for ty in TYPES {
-        for (rows, cols) in [(16, 32), (32, 96), (48, 576), (16, 160)] {
+        // Unstructured sparse rows are whole multiples of 64 (its groups of 4
+        // blocks end in one of 2 at 320).
+        for (rows, cols) in [
+            (16, 32),
+            (32, 96),
+            (48, 576),
+            (16, 160),
+            (16, 64),
+            (32, 320),
+        ] {
+            if !can_interleave(ty, rows, cols) {
+                continue;
+            }
             let c = make_case(ty, rows, cols, &mut r);
             let mut il = c.wbytes.clone();
-            let ity = interleave_in_place(ty, rows, cols, &mut il);
+            let ity = interleave_in_place(ty, rows, cols, &mut il).unwrap();
             assert_eq!(ity.interleaved_base(), Some(ty));
             assert_ne!(
                 il, c.wbytes,
@@ -52,6 +65,12 @@ fn bad_shapes_are_refused() {
     assert!(!can_interleave(GgmlType::Q8_0, 24, 32));
     assert!(!can_interleave(GgmlType::Q8_0, 0, 32));
     assert!(can_interleave(GgmlType::Q8_0, 32, 64));
+    let sq8 = GgmlType::Frugal(FrugalType::SparseQ8 { keep: 32 });
+    assert!(
+        !can_interleave(sq8, 16, 96),
+        "sparse rows are multiples of 64"
+    );
+    assert!(can_interleave(sq8, 16, 128));
     let ity = GgmlType::Q8_0.interleaved16().unwrap();
     let mut out = vec![0.0f32; 24 * 32];
     let err = frugal_kernels::dequantize_rows(ity, &vec![0u8; 24 * 34], &mut out, 32).unwrap_err();
@@ -69,10 +88,13 @@ fn bad_shapes_are_refused() {
 fn matmul_matches_reference_and_ggml_layout() {
     let mut r = StdRng::seed_from_u64(11);
     for ty in TYPES {
-        for (rows, cols) in [(16, 32), (64, 160), (96, 576)] {
+        for (rows, cols) in [(16, 32), (64, 160), (96, 576), (16, 64), (64, 320)] {
+            if !can_interleave(ty, rows, cols) {
+                continue;
+            }
             let c = make_case(ty, rows, cols, &mut r);
             let mut il = c.wbytes.clone();
-            let ity = interleave_in_place(ty, rows, cols, &mut il);
+            let ity = interleave_in_place(ty, rows, cols, &mut il).unwrap();
             let wg = QMatrix::new(ty, rows, cols, &c.wbytes);
             let wi = QMatrix::new(ity, rows, cols, &il);
             for n_tok in [1usize, 2, 3, 4, 7, 17] {
@@ -117,7 +139,7 @@ fn matmul_many_mixes_layouts() {
     let a = make_case(GgmlType::Q8_0, 48, cols, &mut r);
     let b = make_case(GgmlType::Q4_0, 32, cols, &mut r);
     let mut bi = b.wbytes.clone();
-    let bty = interleave_in_place(GgmlType::Q4_0, 32, cols, &mut bi);
+    let bty = interleave_in_place(GgmlType::Q4_0, 32, cols, &mut bi).unwrap();
     let wa = QMatrix::new(GgmlType::Q8_0, 48, cols, &a.wbytes);
     let wb = QMatrix::new(bty, 32, cols, &bi);
     for n_tok in [1usize, 5] {
@@ -131,5 +153,61 @@ fn matmul_many_mixes_layouts() {
         pool(2).install(|| matmul_many(&[&wa, &wb], &qa, &mut [&mut ma, &mut mb]));
         assert_eq!(sa, ma);
         assert_eq!(sb, mb);
+    }
+}
+
+/// A sparse row whose bitmaps claim more codes than it holds (a hostile
+/// file) keeps the whole matrix as it was: the row kernel reads it safely.
+#[test]
+fn hostile_sparse_rows_are_not_laid_out() {
+    let ty = GgmlType::Frugal(FrugalType::SparseQ8 { keep: 32 });
+    let mut r = StdRng::seed_from_u64(17);
+    let (rows, cols) = (32, 128);
+    let c = make_case(ty, rows, cols, &mut r);
+    let rb = c.wbytes.len() / rows;
+    let mut bad = c.wbytes.clone();
+    // Row 20 (second group): every bitmap bit set, 128 codes claimed of 64.
+    bad[20 * rb..20 * rb + 8].fill(0xFF);
+    bad[20 * rb + 8..20 * rb + 16].fill(0xFF);
+    let before = bad.clone();
+    let err = interleave_in_place(ty, rows, cols, &mut bad).unwrap_err();
+    assert!(err.contains("claim 128 codes"), "{err}");
+    assert_eq!(bad, before, "a refused matrix is left as it was");
+    // The same matrix without the bad row is laid out.
+    let mut good = c.wbytes.clone();
+    assert!(interleave_in_place(ty, rows, cols, &mut good).is_ok());
+}
+
+/// Rows that all keep their full share leave no padding, so the last
+/// chunks' codes end at the matrix's last byte: the kernel must not load
+/// past it, and must still read every code.
+#[test]
+fn full_sparse_rows_end_at_the_matrix_end() {
+    let ty = GgmlType::Frugal(FrugalType::SparseQ8 { keep: 32 });
+    let q = frugal_kernels::traits(ty).unwrap().from_float.unwrap();
+    let mut r = StdRng::seed_from_u64(19);
+    for (rows, cols) in [(16, 64), (32, 320)] {
+        let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+        let mut w = vec![0u8; rows * rb];
+        for row in w.chunks_exact_mut(rb) {
+            let x: Vec<f32> = (0..cols)
+                .map(|_| rand::Rng::gen_range(&mut r, 0.1f32..1.0))
+                .collect();
+            q(&x, row);
+        }
+        // Each row keeps exactly its capacity: no 0x80 padding at its end.
+        assert!(w
+            .chunks_exact(rb)
+            .all(|row| row[rb - 1] != 0x80 || row[rb - 2] != 0x80));
+        let mut il = w.clone();
+        let ity = interleave_in_place(ty, rows, cols, &mut il).unwrap();
+        let wi = QMatrix::new(ity, rows, cols, &il);
+        let x = acts(1, cols, &mut r);
+        let mut qa = QuantizedActs::new();
+        qa.quantize(GgmlType::Q8_0, &x, 1, cols);
+        let (mut want, mut got) = (vec![0.0f32; rows], vec![f32::NAN; rows]);
+        matmul_ref(&wi, &qa, &mut want);
+        matmul(&wi, &qa, &mut got);
+        assert_eq!(got, want, "{rows}x{cols}");
     }
 }

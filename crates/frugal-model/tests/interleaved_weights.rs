@@ -1,7 +1,8 @@
-//! Reading a GGUF into memory lays its Q4_0, Q4_1, Q8_0 and SQ8_2of4 matrices out 16 rows at
-//! a time (on CPUs with the kernel), and the model computes the same logits
-//! as from the mapped file in ggml's layout: tied and untied output, Q4_0,
-//! Q4_1, Q8_0 and 2:4 sparse blocks, prompt and one-token steps.
+//! Reading a GGUF into memory lays its Q4_0, Q4_1, Q8_0, SQ8_2of4 and
+//! SQ8_32of64 matrices out 16 rows at a time (on CPUs with the kernel), and
+//! the model computes the same logits as from the mapped file in ggml's
+//! layout: tied and untied output, Q4_0, Q4_1, Q8_0, 2:4 and unstructured
+//! sparse blocks, prompt and one-token steps.
 
 use frugal_formats::gguf::{GgufFile, GgufWriter};
 use frugal_formats::{GgmlType, MetaValue};
@@ -110,6 +111,10 @@ fn in_memory_layout_gives_the_mapped_logits() {
         (
             GgmlType::Frugal(frugal_formats::FrugalType::Sparse24Q8),
             false,
+        ),
+        (
+            GgmlType::Frugal(frugal_formats::FrugalType::SparseQ8 { keep: 32 }),
+            true,
         ),
     ]
     .into_iter()

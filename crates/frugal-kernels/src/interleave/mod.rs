@@ -1,6 +1,6 @@
-//! Q4_0, Q4_1, Q8_0 and 2:4 sparse int8 matrices laid out 16 rows at a time
+//! Q4_0, Q4_1, Q8_0 and sparse int8 matrices laid out 16 rows at a time
 //! for the one-token kernel (`Q4_0x16`, `Q4_1x16`, `Q8_0x16`,
-//! `SQ8_2of4x16`): a run-time layout, made in place when a
+//! `SQ8_2of4x16`, `SQ8_{K}of64x16`): a run-time layout, made in place when a
 //! model is read into memory for inference, never written to a file.
 //!
 //! Why: a decode step reads every weight once, so the kernel must keep up
@@ -24,7 +24,10 @@
 //! so one `vpdpbusd` of a chunk against 4 activation bytes broadcast gives
 //! 16 rows' partial sums in 16 lanes, and one FMA applies 16 scales. A group
 //! takes exactly the bytes of its 16 ggml rows (288, 320, 544 or 352 per
-//! block of 32 columns), so the layout is made in place. Measured (BENCHMARKS.md,
+//! block of 32 columns), so the layout is made in place. Unstructured sparse
+//! rows (`SQ8_{K}of64`) keep a different number of codes in each block: their
+//! groups hold each chunk compressed under a 64-bit mask, which one
+//! `vpexpandb` undoes (the `sparse` module). Measured (BENCHMARKS.md,
 //! session 7): SmolLM2's Q8_0 matrices decode at 37 GB/s against 21 GB/s
 //! through the row layout, on 2 threads.
 //!
@@ -33,6 +36,7 @@
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+mod sparse;
 
 use crate::legacy::blocks::QK;
 use frugal_formats::{FrugalType, GgmlType};
@@ -87,13 +91,24 @@ pub(crate) fn base_of(ty: GgmlType) -> GgmlType {
 }
 
 /// Whether a `rows × cols` matrix of `ty` can take the interleaved layout:
-/// Q4_0, Q4_1, Q8_0 or `SQ8_2of4`, whole groups of 16 rows.
+/// Q4_0, Q4_1, Q8_0, `SQ8_2of4` or `SQ8_{K}of64`, whole groups of 16 rows.
 pub fn can_interleave(ty: GgmlType, rows: usize, cols: usize) -> bool {
     ty.interleaved16().is_some()
         && rows > 0
         && rows.is_multiple_of(ROWS)
-        && cols.is_multiple_of(QK)
+        && cols.is_multiple_of(ty.block_size())
         && cols > 0
+}
+
+/// Whether `base` is unstructured sparse int8 (`SQ8_{K}of64`), whose
+/// groups have a layout of their own (the `sparse` module).
+fn is_sq8(base: GgmlType) -> bool {
+    matches!(base, GgmlType::Frugal(FrugalType::SparseQ8 { .. }))
+}
+
+/// Bytes of one row of `cols` weights of `base`.
+fn row_bytes(base: GgmlType, cols: usize) -> usize {
+    base.row_bytes(cols as u64).expect("whole blocks") as usize
 }
 
 /// Whether this CPU has the interleaved layouts' kernel (x86-64 with
@@ -111,14 +126,18 @@ pub fn available() -> bool {
 }
 
 /// Whether this CPU has the kernel of `ty`'s interleaved layout ([`available`];
-/// `SQ8_2of4` also needs AVX-512 VBMI), so a matrix of `ty` is worth laying out.
+/// `SQ8_2of4` also needs AVX-512 VBMI, `SQ8_{K}of64` VBMI2), so a matrix of `ty` is worth laying out.
 pub fn available_for(ty: GgmlType) -> bool {
     if !available() || ty.interleaved16().is_none() {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
     {
-        ty != S24 || avx512::available_for(avx512::S24)
+        match ty {
+            S24 => avx512::available_for(avx512::S24),
+            GgmlType::Frugal(FrugalType::SparseQ8 { .. }) => avx512::available_for(avx512::SQ8),
+            _ => true,
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -176,18 +195,36 @@ fn copy_span(dst: &mut [u8], src: &[u8], flip: bool) {
 }
 
 /// Rewrites the ggml rows of a `rows × cols` matrix in `data` (Q4_0, Q4_1,
-/// Q8_0 or `SQ8_2of4`) into the interleaved layout, in place; returns the
-/// new type. Panics unless [`can_interleave`] and `data` is the matrix's bytes.
-pub fn interleave_in_place(ty: GgmlType, rows: usize, cols: usize, data: &mut [u8]) -> GgmlType {
+/// Q8_0, `SQ8_2of4` or `SQ8_{K}of64`) into the interleaved layout, in place;
+/// returns the new type. Fails, leaving `data` as it was, on a sparse row
+/// whose bitmaps claim more codes than it holds (a hostile file). Panics
+/// unless [`can_interleave`] and `data` is the matrix's bytes.
+pub fn interleave_in_place(
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    data: &mut [u8],
+) -> Result<GgmlType, String> {
     assert!(
         can_interleave(ty, rows, cols),
         "{ty} {rows}x{cols}: no interleaved layout"
     );
-    let bb = block_bytes(ty);
     let nb = cols / QK;
-    let rb = nb * bb;
+    let rb = row_bytes(ty, cols);
     assert_eq!(data.len(), rows * rb, "{ty} {rows}x{cols}: byte count");
     let mut rows16 = vec![0u8; ROWS * rb];
+    if is_sq8(ty) {
+        // Every row is checked before any group is rewritten.
+        for row in data.chunks_exact(rb) {
+            crate::sparse::scalar::check_sparse_row(nb, row)?;
+        }
+        for group in data.chunks_exact_mut(ROWS * rb) {
+            rows16.copy_from_slice(group);
+            sparse::interleave(&rows16, nb, group)?;
+        }
+        return Ok(ty.interleaved16().expect("checked"));
+    }
+    let bb = block_bytes(ty);
     for group in data.chunks_exact_mut(ROWS * rb) {
         rows16.copy_from_slice(group);
         for b in 0..nb {
@@ -200,7 +237,7 @@ pub fn interleave_in_place(ty: GgmlType, rows: usize, cols: usize, data: &mut [u
             }
         }
     }
-    ty.interleaved16().expect("checked")
+    Ok(ty.interleaved16().expect("checked"))
 }
 
 /// Row `r` of an interleaved `rows × cols` matrix back in ggml's layout
@@ -208,10 +245,15 @@ pub fn interleave_in_place(ty: GgmlType, rows: usize, cols: usize, data: &mut [u
 pub fn row_to_ggml(ty: GgmlType, data: &[u8], cols: usize, r: usize, out: &mut [u8]) {
     assert!(is_interleaved(ty), "{ty} is not interleaved");
     let base = base_of(ty);
-    let bb = block_bytes(base);
     let nb = cols / QK;
-    assert_eq!(out.len(), nb * bb, "one {base} row of {cols}");
-    let group = &data[(r / ROWS) * ROWS * nb * bb..][..ROWS * nb * bb];
+    let rb = row_bytes(base, cols);
+    assert_eq!(out.len(), rb, "one {base} row of {cols}");
+    let group = &data[(r / ROWS) * ROWS * rb..][..ROWS * rb];
+    if is_sq8(base) {
+        sparse::row_to_ggml(group, nb, r % ROWS, out);
+        return;
+    }
+    let bb = block_bytes(base);
     for b in 0..nb {
         let src = &group[b * ROWS * bb..(b + 1) * ROWS * bb];
         spans(base, nb, b, r % ROWS, |g, i, n, flip| {
@@ -224,7 +266,7 @@ pub fn row_to_ggml(ty: GgmlType, data: &[u8], cols: usize, r: usize, out: &mut [
 /// its bytes.
 pub fn to_ggml(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> (GgmlType, Vec<u8>) {
     let base = base_of(ty);
-    let rb = cols / QK * block_bytes(base);
+    let rb = row_bytes(base, cols);
     let mut out = vec![0u8; rows * rb];
     for (r, row) in out.chunks_exact_mut(rb).enumerate() {
         row_to_ggml(ty, data, cols, r, row);
@@ -235,7 +277,7 @@ pub fn to_ggml(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> (GgmlType
 /// Dequantizes rows `rows` of an interleaved matrix of `cols` columns into
 /// `dst` (`rows.len() * cols` floats). Q4_0, Q4_1 and Q8_0 go block by block
 /// through a buffer on the stack, so looking up a tied embedding row in the
-/// decode loop allocates nothing; `SQ8_2of4` rows (grouped blocks) go whole.
+/// decode loop allocates nothing; sparse rows (grouped blocks) go whole.
 pub fn dequantize_rows(
     ty: GgmlType,
     data: &[u8],
@@ -247,14 +289,15 @@ pub fn dequantize_rows(
     let to_float = crate::traits(base)
         .expect("the interleaved layouts' base types have kernels")
         .to_float;
-    let (bb, nb) = (block_bytes(base), cols / QK);
+    let nb = cols / QK;
     for (r, d) in rows.zip(dst.chunks_exact_mut(cols)) {
-        if base == S24 {
-            let mut row = vec![0u8; nb * bb];
+        if base == S24 || is_sq8(base) {
+            let mut row = vec![0u8; row_bytes(base, cols)];
             row_to_ggml(ty, data, cols, r, &mut row);
             to_float(&row, d);
             continue;
         }
+        let bb = block_bytes(base);
         let group = &data[(r / ROWS) * ROWS * nb * bb..][..ROWS * nb * bb];
         let mut blk = [0u8; 34];
         for (b, d) in d.chunks_exact_mut(QK).enumerate() {
@@ -287,7 +330,6 @@ pub fn matmul_ref(
     ostride: usize,
 ) {
     let base = base_of(ty);
-    let (bb, hb) = (block_bytes(base), header_bytes(base));
     let nb = cols / QK;
     // Activation blocks: Q8_1 (d, s, 32 quants) for Q4_1, else Q8_0 (d, quants).
     let (abb, ahb) = if base == GgmlType::Q4_1 {
@@ -302,8 +344,19 @@ pub fn matmul_ref(
     );
     assert_eq!(acts.len(), n_tok * arb, "activation bytes");
     let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+    let rb = row_bytes(base, cols);
     for g in rows.start / ROWS..rows.end / ROWS {
-        let group = &data[g * ROWS * nb * bb..][..ROWS * nb * bb];
+        let group = &data[g * ROWS * rb..][..ROWS * rb];
+        if is_sq8(base) {
+            for t in 0..n_tok {
+                let acc = sparse::group_ref(group, nb, &acts[t * arb..(t + 1) * arb]);
+                for (lane, v) in acc.iter().enumerate() {
+                    out[t * ostride + g * ROWS + lane - rows.start] = *v;
+                }
+            }
+            continue;
+        }
+        let (bb, hb) = (block_bytes(base), header_bytes(base));
         for t in 0..n_tok {
             let a = &acts[t * arb..(t + 1) * arb];
             let mut acc = [0.0f32; ROWS];

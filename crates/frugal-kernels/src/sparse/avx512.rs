@@ -113,7 +113,7 @@ unsafe fn sq8_bitmaps<const M: usize>(h: *const u8) -> (u64, u64) {
 /// `p` addresses 8 readable bytes; AVX-512 BW.
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
-unsafe fn kload64(p: *const u8) -> __mmask64 {
+pub(crate) unsafe fn kload64(p: *const u8) -> __mmask64 {
     let m: u64;
     // SAFETY: an 8-byte load from p (contract) into a mask register; no
     // other state is touched.

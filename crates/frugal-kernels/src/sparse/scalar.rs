@@ -324,3 +324,101 @@ pub fn vec_dot_s24_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     });
     sum
 }
+
+/// One block of a `SparseQ8` row taken out of its group: the f16 scale's
+/// bytes, which of the 32 weights are kept (bit `j`: weight `j`), and the
+/// stored codes (`q ^ 0x80`, so 0x80 where nothing is kept). The unit the
+/// interleaved layout (`interleave`, `SQ8_{K}of64x16`) regroups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SparseBlock {
+    pub d: [u8; 2],
+    pub kept: u32,
+    pub codes: [u8; QK],
+}
+
+/// Fails when the bitmaps of a `SparseQ8` row (`src`, of `nb` blocks)
+/// claim more codes than it holds (a hostile row).
+pub fn check_sparse_row(nb: usize, src: &[u8]) -> Result<(), String> {
+    let claimed = sparse_claimed(nb, src);
+    let cap = sparse_capacity(nb * QK, src.len());
+    if claimed > cap {
+        return Err(format!(
+            "a sparse row's bitmaps claim {claimed} codes where it holds {cap}"
+        ));
+    }
+    Ok(())
+}
+
+/// The kept codes `SparseQ8` headers of a row of `nb` blocks claim.
+fn sparse_claimed(nb: usize, src: &[u8]) -> usize {
+    let heads = &src[..nb * SPARSE_HEADER];
+    (0..nb.div_ceil(GROUP))
+        .map(|g| {
+            let m = group_blocks(nb, g);
+            let h = &heads[g * GROUP * SPARSE_HEADER..][..4 * m];
+            ld_bits(&h[..2 * m]).count_ones() as usize + ld_bits(&h[2 * m..]).count_ones() as usize
+        })
+        .sum()
+}
+
+/// The blocks of a `SparseQ8` row of `out.len()` blocks (`src`: its bytes).
+/// Fails, writing nothing, when the bitmaps claim more codes than the row
+/// holds (a hostile row).
+pub fn unpack_sparse_blocks(src: &[u8], out: &mut [SparseBlock]) -> Result<(), String> {
+    let nb = out.len();
+    check_sparse_row(nb, src)?;
+    let (heads, vals) = src.split_at(nb * SPARSE_HEADER);
+    let mut at = 0;
+    for g in 0..nb.div_ceil(GROUP) {
+        let m = group_blocks(nb, g);
+        let h = &heads[g * GROUP * SPARSE_HEADER..][..m * SPARSE_HEADER];
+        for (k, blk) in out[4 * g..4 * g + m].iter_mut().enumerate() {
+            blk.d = [h[4 * m + 2 * k], h[4 * m + 2 * k + 1]];
+            blk.kept = 0;
+            blk.codes = [CODE_BIAS; QK];
+        }
+        for half in 0..2 {
+            let mut bits = ld_bits(&h[2 * m * half..][..2 * m]);
+            // Set bits only: this runs over every weight of a model at load.
+            while bits != 0 {
+                let (k, j) = lane_weight(half, bits.trailing_zeros() as usize);
+                bits &= bits - 1;
+                let blk = &mut out[4 * g + k];
+                blk.kept |= 1 << j;
+                blk.codes[j] = vals[at];
+                at += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The inverse of [`unpack_sparse_blocks`]: a `SparseQ8` row (`out`, whose
+/// size sets the capacity, padded with 0x80) of `blocks`. Panics when the
+/// blocks keep more codes than fit.
+pub fn pack_sparse_blocks(blocks: &[SparseBlock], out: &mut [u8]) {
+    let nb = blocks.len();
+    let (heads, vals) = out.split_at_mut(nb * SPARSE_HEADER);
+    let mut at = 0;
+    for g in 0..nb.div_ceil(GROUP) {
+        let m = group_blocks(nb, g);
+        let h = &mut heads[g * GROUP * SPARSE_HEADER..][..m * SPARSE_HEADER];
+        for half in 0..2 {
+            let mut bits = 0u64;
+            for l in 0..16 * m {
+                let (k, j) = lane_weight(half, l);
+                let blk = &blocks[4 * g + k];
+                if blk.kept >> j & 1 == 1 {
+                    bits |= 1 << l;
+                    vals[at] = blk.codes[j];
+                    at += 1;
+                }
+            }
+            h[2 * m * half..][..2 * m].copy_from_slice(&bits.to_le_bytes()[..2 * m]);
+        }
+        for k in 0..m {
+            h[4 * m + 2 * k..][..2].copy_from_slice(&blocks[4 * g + k].d);
+        }
+    }
+    vals[at..].fill(CODE_BIAS);
+}
