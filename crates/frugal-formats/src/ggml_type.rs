@@ -71,8 +71,10 @@ pub enum GgmlType {
 /// * `Q4_0x16`, `Q4_1x16`, `Q8_0x16`, `SQ8_2of4x16`, `SQ8_{keep}of64x16`:
 ///   Q4_0, Q4_1, Q8_0, `SQ8_2of4` and `SQ8_{keep}of64` matrices re-laid out in memory for
 ///   the one-token kernel, 16 rows at a time (see `frugal_kernels::interleave`).
-///   Same bytes per row as the ggml type, but a row's bytes are spread over
-///   its group of 16 rows. A run-time layout only: never read from or
+///   A group of 16 rows takes the bytes of its 16 rows of the ggml type, a
+///   row's bytes spread over the group (for `SQ8_{keep}of64x16` its codes
+///   have no fixed place and the rows' padding is pooled at the group's
+///   end). A run-time layout only: never read from or
 ///   written to a file (not in [`FrugalType::all`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FrugalType {

@@ -18,7 +18,7 @@
 //! prefetches the weights well ahead. The sparse int8 types (`sparse`) have
 //! a kernel of the same kind (`sparse::avx512::gemv`, also VBMI and VBMI2),
 //! run token by token over blocks of 16 rows for prompts. Q4_0, Q4_1, Q8_0
-//! and `SQ8_2of4` matrices a model laid out 16 rows at a time (`Q4_0x16`,
+//! and sparse int8 matrices a model laid out 16 rows at a time (`Q4_0x16`,
 //! …, see [`crate::interleave`]) run `interleave::avx512::matmul`, up to 4
 //! tokens per weight load, for decode and prompts alike. Every other type
 //! (floats, k-quants, frugal's own types, …) runs its traits `vec_dot` per

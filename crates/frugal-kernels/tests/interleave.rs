@@ -179,8 +179,9 @@ fn hostile_sparse_rows_are_not_laid_out() {
 }
 
 /// Rows that all keep their full share leave no padding, so the last
-/// chunks' codes end at the matrix's last byte: the kernel must not load
-/// past it, and must still read every code.
+/// chunks' codes end at the matrix's last byte: the kernel must read every
+/// code and nothing past the matrix, which here ends where an inaccessible
+/// page begins (a read past it faults), for 1–5 tokens.
 #[test]
 fn full_sparse_rows_end_at_the_matrix_end() {
     let ty = GgmlType::Frugal(FrugalType::SparseQ8 { keep: 32 });
@@ -195,19 +196,93 @@ fn full_sparse_rows_end_at_the_matrix_end() {
                 .collect();
             q(&x, row);
         }
-        // Each row keeps exactly its capacity: no 0x80 padding at its end.
-        assert!(w
-            .chunks_exact(rb)
-            .all(|row| row[rb - 1] != 0x80 || row[rb - 2] != 0x80));
+        // Every weight is nonzero, so each row keeps exactly its capacity
+        // and no 0x80 padding is left at its end.
+        assert!(w.chunks_exact(rb).all(|row| row[rb - 1] != 0x80));
         let mut il = w.clone();
         let ity = interleave_in_place(ty, rows, cols, &mut il).unwrap();
-        let wi = QMatrix::new(ity, rows, cols, &il);
-        let x = acts(1, cols, &mut r);
-        let mut qa = QuantizedActs::new();
-        qa.quantize(GgmlType::Q8_0, &x, 1, cols);
-        let (mut want, mut got) = (vec![0.0f32; rows], vec![f32::NAN; rows]);
-        matmul_ref(&wi, &qa, &mut want);
-        matmul(&wi, &qa, &mut got);
-        assert_eq!(got, want, "{rows}x{cols}");
+        let guarded = guard::Guarded::new(&il);
+        let wi = QMatrix::new(ity, rows, cols, guarded.bytes());
+        for n_tok in 1..=5 {
+            let x = acts(n_tok, cols, &mut r);
+            let mut qa = QuantizedActs::new();
+            qa.quantize(GgmlType::Q8_0, &x, n_tok, cols);
+            let (mut want, mut got) = (vec![0.0f32; n_tok * rows], vec![f32::NAN; n_tok * rows]);
+            matmul_ref(&wi, &qa, &mut want);
+            matmul(&wi, &qa, &mut got);
+            assert_eq!(got, want, "{rows}x{cols} n_tok={n_tok}");
+        }
+    }
+}
+
+/// Bytes placed so that they end where an inaccessible page begins.
+#[cfg(target_os = "linux")]
+mod guard {
+    use std::ffi::c_void;
+    extern "C" {
+        fn mmap(
+            addr: *mut c_void,
+            len: usize,
+            prot: i32,
+            flags: i32,
+            fd: i32,
+            off: i64,
+        ) -> *mut c_void;
+        fn mprotect(addr: *mut c_void, len: usize, prot: i32) -> i32;
+        fn munmap(addr: *mut c_void, len: usize) -> i32;
+    }
+    const PAGE: usize = 4096;
+    const PROT_NONE: i32 = 0;
+    const PROT_RW: i32 = 1 | 2;
+    const MAP_PRIVATE_ANON: i32 = 0x02 | 0x20;
+
+    pub struct Guarded {
+        base: *mut u8,
+        len: usize,
+        n: usize,
+    }
+
+    impl Guarded {
+        pub fn new(bytes: &[u8]) -> Guarded {
+            let data_pages = bytes.len().div_ceil(PAGE);
+            let len = (data_pages + 1) * PAGE;
+            // SAFETY: a fresh private anonymous mapping of `len` bytes; its
+            // last page is made inaccessible, the bytes copied to end just
+            // before it, inside the readable pages.
+            unsafe {
+                let base = mmap(std::ptr::null_mut(), len, PROT_RW, MAP_PRIVATE_ANON, -1, 0);
+                assert!(base as isize != -1, "mmap failed");
+                let base = base.cast::<u8>();
+                let guard = base.add(data_pages * PAGE);
+                assert_eq!(
+                    mprotect(guard.cast(), PAGE, PROT_NONE),
+                    0,
+                    "mprotect failed"
+                );
+                let at = guard.sub(bytes.len());
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), at, bytes.len());
+                Guarded {
+                    base,
+                    len,
+                    n: bytes.len(),
+                }
+            }
+        }
+
+        pub fn bytes(&self) -> &[u8] {
+            // SAFETY: the `n` bytes before the guard page, written in `new`
+            // and alive until `drop`.
+            unsafe {
+                let guard = self.base.add(self.len - PAGE);
+                std::slice::from_raw_parts(guard.sub(self.n), self.n)
+            }
+        }
+    }
+
+    impl Drop for Guarded {
+        fn drop(&mut self) {
+            // SAFETY: the mapping `new` made, unmapped once.
+            unsafe { munmap(self.base.cast(), self.len) };
+        }
     }
 }

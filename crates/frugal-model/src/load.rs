@@ -67,8 +67,8 @@ pub enum Residency {
     #[default]
     Mapped,
     /// Read once into anonymous memory with huge pages (faster decoding;
-    /// see `GgufFile::read_into_memory`), the Q4_0, Q4_1, Q8_0 and 2:4
-    /// matrices then laid out for the one-token kernel in place (see
+    /// see `GgufFile::read_into_memory`), the Q4_0, Q4_1, Q8_0 and sparse
+    /// int8 matrices then laid out for the one-token kernel in place (see
     /// [`interleave_matrices`]).
     /// Other layouts stay mapped.
     InMemory,
@@ -135,9 +135,15 @@ pub fn interleave_matrices(file: &mut GgufFile) -> Result<usize, ModelError> {
         (is_matrix(&info.name)
             && interleave::available_for(info.ty)
             && interleave::can_interleave(info.ty, rows, cols))
-        // A hostile sparse row keeps its matrix in the row layout, whose
-        // kernel reads it safely.
-        .then(|| interleave::interleave_in_place(info.ty, rows, cols, bytes).ok())
+        .then(|| {
+            interleave::interleave_in_place(info.ty, rows, cols, bytes)
+                .map_err(|e| {
+                    // A hostile sparse row keeps its matrix in the row
+                    // layout, whose kernel reads it safely.
+                    eprintln!("warning: {}: {e}; kept in the row layout", info.name)
+                })
+                .ok()
+        })
         .flatten()
     })?)
 }

@@ -12,7 +12,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// A random 2-layer llama model as a GGUF file: block matrices of `ty`, the
-/// output matrix Q8_0 (or none: `tied`), 64-wide heads, 96 tokens.
+/// output matrix Q8_0 (or none: `tied`, the embedding then of `ty` too),
+/// 64-wide heads, 96 tokens.
 fn write_model(path: &std::path::Path, ty: GgmlType, tied: bool, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let (d, heads, kvh, ff, vocab, layers) = (128usize, 2usize, 1usize, 256usize, 96usize, 2);
@@ -47,7 +48,8 @@ fn write_model(path: &std::path::Path, ty: GgmlType, tied: bool, seed: u64) {
         w.add_tensor(name, ty, vec![cols as u64, rows as u64], bytes)
             .unwrap();
     };
-    mat("token_embd.weight".into(), GgmlType::Q8_0, d, vocab, &mut w);
+    let embd_ty = if tied { ty } else { GgmlType::Q8_0 };
+    mat("token_embd.weight".into(), embd_ty, d, vocab, &mut w);
     let ones = |n: usize| {
         vec![1.0f32; n]
             .iter()
@@ -128,7 +130,7 @@ fn in_memory_layout_gives_the_mapped_logits() {
             s.tensors.iter().find(|t| t.name == name).unwrap().ty
         };
         assert_eq!(types(&mapped, "blk.1.ffn_down.weight"), ty);
-        if frugal_kernels::interleave::available() {
+        if frugal_kernels::interleave::available_for(ty) {
             let il = ty.interleaved16().unwrap();
             assert_eq!(types(&resident, "blk.1.ffn_down.weight"), il, "case {i}");
             assert_eq!(types(&resident, "blk.0.attn_k.weight"), il, "case {i}");

@@ -11,7 +11,9 @@
 //! its scale in `d16[4k]`; Q8_0: `-bias · Σq` in lane `4k` of `corr`; Q8_1:
 //! its sum `s` in lane `4k` of `s16`. The 2:4 kernel ([`group_s24`]) reads
 //! each block's 32 quants from the Q8_0 rows in ggml's layout instead, one
-//! register to gather from.
+//! register to gather from. The unstructured sparse kernel ([`group_sq8`])
+//! is the Q8_0 one, each chunk first rebuilt from its kept codes by one
+//! `vpexpandb` under its mask.
 
 use super::ROWS;
 use crate::legacy::packed::PackedActs;
@@ -171,9 +173,12 @@ unsafe fn group<const TY: u8, const T: usize>(
 /// group (never, for a group `interleave_in_place` made).
 ///
 /// # Safety
-/// As [`group`], plus AVX-512 VBMI2 and POPCNT; `g` addresses `gbytes`
-/// readable bytes, and 64 more unless `TAIL` (the matrix's last group),
-/// which loads no further than the group's end.
+/// AVX-512 F/BW/VL/VNNI/VBMI2, F16C, FMA and POPCNT available; `g`
+/// addresses `gbytes` readable bytes, and 64 more unless `TAIL` (the
+/// matrix's last group), which loads no further than the group's end;
+/// `acts` holds tokens `t0..t0 + T` packed from Q8_0 rows of `nb` blocks
+/// with the bias corrections; `out.add(t * ostride + i)` is writable for
+/// those tokens and `i < 16`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi2,avx2,fma,f16c,popcnt")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn group_sq8<const T: usize, const TAIL: bool>(
@@ -189,7 +194,7 @@ unsafe fn group_sq8<const T: usize, const TAIL: bool>(
     use crate::sparse::avx512::kload64;
     let nq = acts.nq;
     let quads = acts.quads.as_ptr();
-    let corr = acts.corr[corr_index(Q8)].as_ptr();
+    let corr = acts.corr[corr_index(SQ8)].as_ptr();
     let bias = _mm512_set1_epi8(-128);
     let mut acc = [_mm512_setzero_ps(); T];
     assert!(nb * BLOCK_HEAD <= gbytes, "corrupt SQ8 interleaved group");
@@ -439,6 +444,10 @@ pub(crate) unsafe fn matmul(
             acts.quads.len(),
             "Q8_0 bias corrections"
         ),
+    }
+    assert!(groups.end * ROWS * rb <= wlen, "groups beyond the matrix");
+    if kind != SQ8 {
+        assert_eq!(ROWS * rb, nb * block_bytes(kind), "row bytes of {kind}");
     }
     let n = acts.n_tok;
     let arb = nb * 34;

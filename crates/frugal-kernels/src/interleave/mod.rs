@@ -219,13 +219,13 @@ pub fn interleave_in_place(
         // weights at load).
         data.par_chunks_exact(rb)
             .try_for_each(|row| crate::sparse::scalar::check_sparse_row(nb, row))?;
-        data.par_chunks_exact_mut(ROWS * rb).try_for_each_init(
+        data.par_chunks_exact_mut(ROWS * rb).for_each_init(
             || vec![0u8; ROWS * rb],
             |rows16, group| {
                 rows16.copy_from_slice(group);
-                sparse::interleave(rows16, nb, group)
+                sparse::interleave(rows16, nb, group).expect("rows checked above");
             },
-        )?;
+        );
         return Ok(ty.interleaved16().expect("checked"));
     }
     let bb = block_bytes(ty);
@@ -246,7 +246,8 @@ pub fn interleave_in_place(
 }
 
 /// Row `r` of an interleaved `rows × cols` matrix back in ggml's layout
-/// (`out`: one row's bytes of the base type).
+/// (`out`: one row's bytes of the base type). A sparse row's padding comes
+/// back as 0x80, what frugal's packer writes.
 pub fn row_to_ggml(ty: GgmlType, data: &[u8], cols: usize, r: usize, out: &mut [u8]) {
     assert!(is_interleaved(ty), "{ty} is not interleaved");
     let base = base_of(ty);
@@ -268,7 +269,7 @@ pub fn row_to_ggml(ty: GgmlType, data: &[u8], cols: usize, r: usize, out: &mut [
 }
 
 /// The whole interleaved matrix back in ggml's layout: the base type and
-/// its bytes.
+/// its bytes (sparse rows padded with 0x80, see [`row_to_ggml`]).
 pub fn to_ggml(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> (GgmlType, Vec<u8>) {
     let base = base_of(ty);
     let rb = row_bytes(base, cols);
@@ -282,7 +283,8 @@ pub fn to_ggml(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> (GgmlType
 /// Dequantizes rows `rows` of an interleaved matrix of `cols` columns into
 /// `dst` (`rows.len() * cols` floats). Q4_0, Q4_1 and Q8_0 go block by block
 /// through a buffer on the stack, so looking up a tied embedding row in the
-/// decode loop allocates nothing; sparse rows (grouped blocks) go whole.
+/// decode loop allocates nothing; sparse rows (grouped blocks) go whole
+/// through a row buffer (and an unstructured one walks its group's masks).
 pub fn dequantize_rows(
     ty: GgmlType,
     data: &[u8],
