@@ -211,30 +211,25 @@ pub fn pack_sparse(q8: &[u8], out: &mut [u8]) -> Result<(), String> {
             "a row of {n} weights has more than the {cap} nonzero weights it has room for"
         ));
     }
-    let (heads, vals) = out.split_at_mut(nb * SPARSE_HEADER);
-    let mut at = 0;
-    for g in 0..nb.div_ceil(GROUP) {
-        let m = group_blocks(nb, g);
-        let h = &mut heads[g * GROUP * SPARSE_HEADER..][..m * SPARSE_HEADER];
-        for half in 0..2 {
-            let mut bits = 0u64;
-            for l in 0..16 * m {
-                let (k, j) = lane_weight(half, l);
-                let c = q8[(4 * g + k) * A_BLOCK + 2 + j];
+    // Kept: the nonzero codes; the layout itself is written in one place.
+    let blocks: Vec<SparseBlock> = q8
+        .chunks_exact(A_BLOCK)
+        .map(|b| {
+            let mut blk = SparseBlock {
+                d: [b[0], b[1]],
+                kept: 0,
+                codes: [CODE_BIAS; QK],
+            };
+            for (j, &c) in b[2..].iter().enumerate() {
                 if c != 0 {
-                    bits |= 1 << l;
-                    vals[at] = c ^ CODE_BIAS;
-                    at += 1;
+                    blk.kept |= 1 << j;
+                    blk.codes[j] = c ^ CODE_BIAS;
                 }
             }
-            h[2 * m * half..][..2 * m].copy_from_slice(&bits.to_le_bytes()[..2 * m]);
-        }
-        for k in 0..m {
-            let b = &q8[(4 * g + k) * A_BLOCK..];
-            h[4 * m + 2 * k..][..2].copy_from_slice(&b[..2]);
-        }
-    }
-    vals[at..].fill(CODE_BIAS);
+            blk
+        })
+        .collect();
+    pack_sparse_blocks(&blocks, out);
     Ok(())
 }
 
