@@ -284,6 +284,60 @@ fn structured_pruning_shrinks_the_shapes_and_refit_beats_magnitude() {
     assert!(p_blocks.is_finite() && p_blocks > p_base);
 }
 
+/// `--prune-output` on SmolLM2, whose output matrix is its token embedding:
+/// the pruned copy becomes a separate sparse `output.weight`, the embedding
+/// stays whole, and the model pays for the pruned head in perplexity.
+#[test]
+fn the_output_matrix_is_pruned_apart_from_a_tied_embedding() {
+    let dir = tempfile::tempdir().unwrap();
+    let q41 = frugal_fetch::fetch("smollm2-135m").unwrap();
+    let m = q41.to_str().unwrap();
+    let sparse = ["--method", "wanda", "--type", "sparse"];
+    let plain = prune_into(dir.path(), m, "plain", &sparse);
+    let mut with_output = sparse.to_vec();
+    with_output.push("--prune-output");
+    let head = prune_into(dir.path(), m, "head", &with_output);
+
+    let (p, _) = load_source(&plain).unwrap();
+    let (h, _) = load_source(&head).unwrap();
+    assert!(p.tensor("output.weight").is_none(), "tied stays tied");
+    let embd = h.tensor("token_embd.weight").unwrap();
+    let out = h.tensor("output.weight").expect("a separate output matrix");
+    assert_eq!(out.ty, GgmlType::Frugal(FrugalType::SparseQ8 { keep: 32 }));
+    assert_eq!(out.dims, embd.dims);
+    // The embedding's lookups keep every weight: the same bytes as without.
+    assert!(embd.bytes() == p.tensor("token_embd.weight").unwrap().bytes());
+    // Every output row keeps at most half its weights, all of them taken
+    // from the embedding's row.
+    let (e, o) = (
+        frugal_model::tensor_to_f32(embd).unwrap(),
+        frugal_model::tensor_to_f32(out).unwrap(),
+    );
+    let cols = embd.dims[0];
+    for (r, (er, or)) in e.chunks(cols).zip(o.chunks(cols)).enumerate() {
+        assert!(zeros(or) >= cols / 2, "row {r}: {} zeros", zeros(or));
+        assert!(
+            er.iter().zip(or).all(|(a, b)| *b == 0.0 || *a != 0.0),
+            "row {r} keeps a weight the embedding does not have"
+        );
+    }
+    // The block matrices are pruned as before.
+    for name in ["blk.0.attn_q.weight", "blk.29.ffn_down.weight"] {
+        assert!(h.tensor(name).unwrap().bytes() == p.tensor(name).unwrap().bytes());
+    }
+    assert_eq!(h.metadata.get_bool("frugal.prune.output").ok(), Some(true));
+    let (pp, ph) = (ppl(&plain, "4"), ppl(&head, "4"));
+    eprintln!("ppl: blocks pruned {pp:.2}, output matrix too {ph:.2}");
+    assert!(
+        ph > pp * 1.01,
+        "{ph} vs {pp}: pruning the head costs something"
+    );
+    assert!(
+        ph < pp * 3.0,
+        "{ph} vs {pp}: a Wanda-pruned head still works"
+    );
+}
+
 #[test]
 fn bad_input_gets_a_clear_error_and_no_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -323,6 +377,10 @@ fn bad_input_gets_a_clear_error_and_no_file() {
     fails(&with(&["--heads", "12"]), "the model has 9");
     fails(&with(&["--heads", "2"]), "multiple of 3");
     fails(&with(&["--shrink", "1.5"]), "(0, 1)");
+    fails(
+        &with(&["--shrink", "0.2", "--prune-output"]),
+        "cannot be used with",
+    );
     fails(&with(&["--ffn", "0"]), "(0, 1)");
     fails(&with(&["--shrink", "0.2", "--type", "Q8_0"]), "float model");
     fails(&with(&["--layers", "2"]), "needs calibration text");

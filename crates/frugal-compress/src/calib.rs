@@ -355,6 +355,13 @@ impl<'m> LayerPass<'m> {
         }
     }
 
+    /// Statistics of the output matrix's input: the residual stream after
+    /// the blocks run so far (all of them, for the model's own output),
+    /// through the final norm.
+    pub fn output_stats(&self) -> InputStats {
+        self.normed_stats(&self.model.weights.output_norm)
+    }
+
     /// Statistics of the residual stream through an RMSNorm of weights `norm`.
     fn normed_stats(&self, norm: &[f32]) -> InputStats {
         let (d, eps) = (self.model.config.n_embd, self.model.config.rms_eps);

@@ -173,6 +173,22 @@ fn bench_smollm2_sparse_interleaved_matmuls() {
     }
 }
 
+/// [`bench_smollm2_sparse_interleaved_matmuls`] with Qwen2.5-0.5B's shapes,
+/// whose dense Q8_0 output matrix is 28 % of a dense Q8_0 model's bytes:
+/// each sparse type with that output matrix, then with it sparse too
+/// (`frugal prune --prune-output`).
+#[test]
+#[ignore]
+fn bench_qwen05_sparse_interleaved_matmuls() {
+    let q8 = GgmlType::Q8_0;
+    let sq8 = GgmlType::Frugal(FrugalType::SparseQ8 { keep: 32 });
+    let s24 = GgmlType::Frugal(FrugalType::Sparse24Q8);
+    for (ty, out) in [(q8, q8), (sq8, q8), (sq8, sq8), (s24, q8), (s24, s24)] {
+        println!("{ty}, output matrix {out}:");
+        model_matmuls_out(ty, out, QWEN05, true);
+    }
+}
+
 /// The same for Qwen2.5-0.5B as llama-quantize writes it at Q4_0 (~346 MB:
 /// Q4_0 blocks, a Q8_0 output matrix of 151936 rows that is 42 % of the bytes).
 #[test]
@@ -230,6 +246,12 @@ fn model_matmuls(block_ty: GgmlType, sh: Shape) {
 }
 
 fn model_matmuls_in(block_ty: GgmlType, sh: Shape, interleaved: bool) {
+    model_matmuls_out(block_ty, GgmlType::Q8_0, sh, interleaved)
+}
+
+/// The forward pass's matmuls with block matrices of `block_ty` and an
+/// output matrix of `out_ty`.
+fn model_matmuls_out(block_ty: GgmlType, out_ty: GgmlType, sh: Shape, interleaved: bool) {
     let mut r = StdRng::seed_from_u64(6);
     let Shape {
         hidden,
@@ -253,12 +275,7 @@ fn model_matmuls_in(block_ty: GgmlType, sh: Shape, interleaved: bool) {
             mats.push((block_ty, rows, cols, matrix(block_ty, rows, cols, &mut r)));
         }
     }
-    mats.push((
-        GgmlType::Q8_0,
-        vocab,
-        hidden,
-        matrix(GgmlType::Q8_0, vocab, hidden, &mut r),
-    ));
+    mats.push((out_ty, vocab, hidden, matrix(out_ty, vocab, hidden, &mut r)));
     if interleaved {
         for (ty, rows, cols, data) in &mut mats {
             if frugal_kernels::interleave::can_interleave(*ty, *rows, *cols) {

@@ -35,6 +35,7 @@ A recipe (TOML; every section optional, the order of the sections does not matte
   [prune]                    # frugal prune, unstructured or N:M
   method = \"sparsegpt\"       # magnitude | wanda | sparsegpt
   sparsity = 0.5             # or pattern = \"2:4\", owl = true
+  output = false             # true: prune the output matrix too (--prune-output)
 
   [quantize]                 # the block matrices' type; with [prune], in the same pass
   type = \"Q4_K\"              # any --type of frugal quantize; \"sparse\" with [prune]
@@ -104,6 +105,7 @@ pub struct Prune {
     pub sparsity: Option<f32>,
     pub pattern: Option<String>,
     pub owl: Option<bool>,
+    pub output: Option<bool>,
     pub damp: Option<f32>,
 }
 
@@ -205,6 +207,9 @@ impl Recipe {
                 opt(&mut v, "--damp", p.damp.map(|x| x.to_string()));
                 if p.owl == Some(true) {
                     v.push("--owl".into());
+                }
+                if p.output == Some(true) {
+                    v.push("--prune-output".into());
                 }
                 if let Some(q) = q {
                     v.extend(["--type".into(), q.ty.clone()]);

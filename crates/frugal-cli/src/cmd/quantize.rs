@@ -530,6 +530,13 @@ pub(crate) fn write_result(
             None => w.add(t)?,
         }
     }
+    // New tensors (a pruned output matrix of a tied model) go last.
+    for n in &q.tensors {
+        if !src.tensors.iter().any(|t| t.name == n.name) {
+            let dims = n.dims.iter().map(|&d| d as u64).collect();
+            w.add_tensor(n.name.clone(), n.ty, dims, n.bytes.as_slice())?;
+        }
+    }
     w.write(out)
         .with_context(|| format!("writing {}", out.display()))?;
     let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);

@@ -51,6 +51,11 @@ pub struct Prune {
     /// Unstructured sparsity of each block, in place of the pattern's
     /// uniform one (OWL, or set by hand).
     pub block_ratios: Option<Vec<f32>>,
+    /// Prune the output matrix too, with the pattern's own sparsity, on the
+    /// final norm's output after the pruned blocks. Of a tied model, the
+    /// pruned copy becomes a separate `output.weight` and the embedding's
+    /// lookups keep every weight.
+    pub output: bool,
 }
 
 impl Prune {
@@ -85,7 +90,8 @@ pub struct QTensor {
 pub struct Quantized {
     pub tensors: Vec<QTensor>,
     pub notes: Vec<String>,
-    /// Zero weights among the block matrices, and their weights in all.
+    /// Zero weights among the pruned matrices (the block matrices, and the
+    /// output matrix with [`Prune::output`]), and their weights in all.
     pub zeros: (usize, usize),
 }
 
@@ -177,10 +183,21 @@ struct Run<'a> {
     zeros: (usize, usize),
 }
 
+/// Where a matrix sits, which decides whether the options prune it.
+#[derive(Clone, Copy)]
+enum Role {
+    /// The embedding, or an output matrix left whole.
+    Kept,
+    /// A block matrix of block `li`.
+    Block(usize),
+    /// The output matrix, pruned ([`Prune::output`]).
+    Output,
+}
+
 impl Run<'_> {
     /// Quantizes `w` (a `rows × cols` matrix named `name`) with the method into
-    /// `want` (or its fallback), pruned first if it is a matrix of `block`
-    /// and the options prune; returns the dequantized result.
+    /// `want` (or its fallback), pruned first if its `role` is one the
+    /// options prune; returns the dequantized result.
     #[allow(clippy::too_many_arguments)]
     fn matrix(
         &mut self,
@@ -190,14 +207,18 @@ impl Run<'_> {
         want: GgmlType,
         method: &dyn Method,
         stats: Option<&InputStats>,
-        block: Option<usize>,
+        role: Role,
     ) -> Result<Vec<f32>, String> {
         let (cols, rows) = (dims[0], dims[1..].iter().product::<usize>());
+        let sparsity = match (self.opts.prune.as_ref(), role) {
+            (Some(p), Role::Block(li)) => Some((p, p.of_block(li))),
+            (Some(p), Role::Output) => Some((p, p.sparsity)),
+            _ => None,
+        };
         let pruned;
-        let w = match self.opts.prune.as_ref().zip(block) {
-            Some((p, li)) if !p.by_method => {
-                pruned = p
-                    .of_block(li)
+        let w = match sparsity {
+            Some((p, sp)) if !p.by_method => {
+                pruned = sp
                     .prune(w, rows, cols, stats)
                     .map_err(|e| format!("{name}: {e}"))?;
                 &pruned[..]
@@ -256,7 +277,7 @@ impl Run<'_> {
         let mut back = vec![0.0f32; rows * cols];
         frugal_kernels::dequantize_rows(ty, &bytes, &mut back, cols)
             .map_err(|e| format!("{name}: {e}"))?;
-        if block.is_some() {
+        if sparsity.is_some() {
             self.zeros.0 += back.iter().filter(|&&v| v == 0.0).count();
             self.zeros.1 += back.len();
         }
@@ -308,10 +329,16 @@ pub fn quantize_model(
     };
     let rtn = super::Rtn;
 
-    // Embedding and output: round to nearest.
+    // Embedding and output: round to nearest (the output matrix after the
+    // blocks when it is pruned, on their output).
+    let prune_output = opts.prune.as_ref().is_some_and(|p| p.output);
     let tied = model.weights.tied_output;
     let embd = tensor(src, "token_embd.weight")?;
-    let embd_ty = if tied { opts.output_ty } else { opts.embd_ty };
+    let embd_ty = if tied && !prune_output {
+        opts.output_ty
+    } else {
+        opts.embd_ty
+    };
     run.matrix(
         &embd.name,
         &to_f32(embd)?,
@@ -319,9 +346,9 @@ pub fn quantize_model(
         embd_ty,
         &rtn,
         None,
-        None,
+        Role::Kept,
     )?;
-    if let Some(out) = src.tensor("output.weight") {
+    if let (Some(out), false) = (src.tensor("output.weight"), prune_output) {
         run.matrix(
             &out.name,
             &to_f32(out)?,
@@ -329,7 +356,7 @@ pub fn quantize_model(
             run.opts.output_ty,
             &rtn,
             None,
-            None,
+            Role::Kept,
         )?;
     }
     progress(0, n_layer, "layers");
@@ -399,7 +426,7 @@ pub fn quantize_model(
                         let wk = std::mem::take(slot(w, k));
                         let ty = run.opts.type_of(name);
                         *slot(w, k) =
-                            run.matrix(name, &wk, dims, ty, method, Some(st), Some(li))?;
+                            run.matrix(name, &wk, dims, ty, method, Some(st), Role::Block(li))?;
                     }
                     Ok(())
                 };
@@ -431,12 +458,28 @@ pub fn quantize_model(
                         run.opts.type_of(name),
                         method,
                         None,
-                        Some(li),
+                        Role::Block(li),
                     )?;
                 }
             }
         }
         progress(li + 1, n_layer, "layers");
+    }
+    if prune_output {
+        // The output matrix's input: the final norm of the stream the pruned
+        // blocks made. Pruned (or, by the method, pruned while rounded) into
+        // the output type.
+        let out = src.tensor("output.weight").unwrap_or(embd);
+        let stats = pass.as_ref().map(|p| p.output_stats());
+        run.matrix(
+            "output.weight",
+            &to_f32(out)?,
+            &out.dims,
+            run.opts.output_ty,
+            method,
+            stats.as_ref(),
+            Role::Output,
+        )?;
     }
     if let Some(name) = opts.scaling.name() {
         run.notes.extend(summary.notes(&name));

@@ -19,20 +19,27 @@ use super::ROWS;
 use crate::legacy::packed::PackedActs;
 use std::arch::x86_64::*;
 
-/// How far ahead (bytes) the kernel prefetches the weight stream, about
-/// four Q8_0 blocks of a group. From a C prototype of this kernel on 2
+/// How far ahead (bytes) the kernel prefetches the weight stream into L1,
+/// about four Q8_0 blocks of a group. From a C prototype of this kernel on 2
 /// threads: a 145 MB Q8_0 matrix read at 33 GB/s with 2 KiB, 31 with 1 KiB,
 /// 25 without; a 77 MB Q4_0 one 15 % slower with 4 KiB than with 2 KiB.
 const PREFETCH: usize = 2048;
 
-/// How far ahead [`group_sq8`] prefetches its two streams: the codes
-/// (about 32 bytes per chunk) and the fixed parts (96 bytes per block of 8
-/// chunks). Measured on SmolLM2's 50 % file, whole-model decode in
-/// interleaved rounds: 12–26 % faster than with [`PREFETCH`] for both
-/// (8192 and 16384 bytes for the codes within noise of each other); Qwen's
-/// within noise.
-const PREFETCH_SQ8_CODES: usize = 8192;
-const PREFETCH_SQ8_HEADS: usize = 4096;
+/// How far ahead every kernel also asks for the weight stream into L2
+/// (`prefetcht1`), so that a line is on its way from memory well before
+/// [`PREFETCH`] wants it in L1. Whole-model decode, interleaved rounds
+/// (BENCHMARKS.md, issue 5 session 9): SmolLM2 Q8_0 9 % faster, Qwen's
+/// Q8_0 unchanged, its 2:4 file 2.5 % faster; 16 KiB within noise of this.
+const PREFETCH_FAR: usize = 8192;
+
+/// How far ahead [`group_sq8`] prefetches its codes into L1 (about 32 bytes
+/// per chunk at 50 %), with [`PREFETCH_FAR`] for L2 beside it. The fixed
+/// parts (scales and masks) are fetched a whole group ahead instead: the
+/// codes' addresses are sums of the masks' bit counts, so a fixed part that
+/// misses the cache stalls every load after it. Measured with both in
+/// place, on Qwen2.5-0.5B 50 % (all matrices sparse): 1 KiB ≥ 2 and 3 KiB >
+/// 4 KiB > 8 and 16 KiB > none (75.7, 72.9–74.5, 71.0, 69.4–70.0, 67.5 t/s).
+const PREFETCH_SQ8_CODES: usize = 1024;
 
 /// Which base type (const generic and [`matmul`]'s `kind`): Q4_0, Q4_1, Q8_0.
 pub const Q4: u8 = 0;
@@ -139,6 +146,7 @@ unsafe fn group<const TY: u8, const T: usize>(
                 for j in 0..8 {
                     let c = p.add(32 + 64 * j);
                     _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(PREFETCH).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(c.wrapping_add(PREFETCH_FAR).cast());
                     let v = _mm512_loadu_si512(c.cast());
                     for (t, s) in s.iter_mut().enumerate() {
                         *s = _mm512_dpbusd_epi32(*s, v, bcast(t, j));
@@ -148,6 +156,7 @@ unsafe fn group<const TY: u8, const T: usize>(
                 for j in 0..4 {
                     let c = p.add(chunks_at(TY) + 64 * j);
                     _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(PREFETCH).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(c.wrapping_add(PREFETCH_FAR).cast());
                     let v = _mm512_loadu_si512(c.cast());
                     let lo = _mm512_and_si512(v, m4);
                     let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
@@ -218,8 +227,11 @@ unsafe fn group_sq8<const T: usize, const TAIL: bool>(
     unsafe {
         for b in 0..nb {
             let p = g.add(b * BLOCK_HEAD);
-            // The fixed parts are a stream of their own.
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_SQ8_HEADS).cast());
+            // The next group's fixed parts (groups lie end to end), one
+            // block's per block: the codes' addresses depend on them.
+            let nh = end.wrapping_add(b * BLOCK_HEAD);
+            _mm_prefetch::<_MM_HINT_T0>(nh.cast());
+            _mm_prefetch::<_MM_HINT_T0>(nh.wrapping_add(BLOCK_HEAD - 1).cast());
             let n = |j: usize| {
                 p.add(32 + 8 * j)
                     .cast::<u64>()
@@ -247,6 +259,7 @@ unsafe fn group_sq8<const T: usize, const TAIL: bool>(
                     // About one line of codes per two chunks.
                     if $j % 2 == 0 {
                         _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(PREFETCH_SQ8_CODES).cast());
+                        _mm_prefetch::<_MM_HINT_T1>(c.wrapping_add(PREFETCH_FAR).cast());
                     }
                     // Expanding from a register: 23 % less time than
                     // `vpexpandb`'s memory form here (BENCHMARKS.md). Only the
@@ -376,6 +389,9 @@ unsafe fn group_s24<const T: usize>(
                 ($j:literal) => {{
                     let w = _mm512_loadu_si512(p.add(96 + 64 * $j).cast());
                     _mm_prefetch::<_MM_HINT_T0>(p.add(96 + 64 * $j).wrapping_add(PREFETCH).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(
+                        p.add(96 + 64 * $j).wrapping_add(PREFETCH_FAR).cast(),
+                    );
                     let sh = _mm512_multishift_epi64_epi8(bytes64(&const { s24_shifts($j) }), pos);
                     let idx = _mm512_add_epi8(
                         _mm512_and_si512(sh, three),
