@@ -349,6 +349,17 @@ mod tests {
     }
 
     #[test]
+    fn the_prune_stage_can_take_the_output_matrix() {
+        let l = lines("[prune]\nsparsity = 0.5\noutput = true\n[quantize]\ntype = \"sparse\"\n");
+        assert_eq!(
+            l,
+            vec!["prune --sparsity 0.5 --prune-output --type sparse -m in0 -o out0of1 -t 2 -q"]
+        );
+        let l = lines("[prune]\nsparsity = 0.5\noutput = false\n");
+        assert_eq!(l, vec!["prune --sparsity 0.5 -m in0 -o out0of1 -t 2 -q"]);
+    }
+
+    #[test]
     fn lowrank_takes_the_quantize_type() {
         let l =
             lines("[lowrank]\nratio = 0.4\n[quantize]\ntype = \"Q8_0\"\noutput_type = \"Q6_K\"\n");
