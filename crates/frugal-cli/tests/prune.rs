@@ -284,19 +284,51 @@ fn structured_pruning_shrinks_the_shapes_and_refit_beats_magnitude() {
     assert!(p_blocks.is_finite() && p_blocks > p_base);
 }
 
+/// The zero positions of a matrix's rows.
+fn zero_masks(t: &frugal_formats::Tensor) -> Vec<Vec<bool>> {
+    let v = frugal_model::tensor_to_f32(t).unwrap();
+    v.chunks(t.dims[0])
+        .map(|r| r.iter().map(|&x| x == 0.0).collect())
+        .collect()
+}
+
 /// `--prune-output` on SmolLM2, whose output matrix is its token embedding:
-/// the pruned copy becomes a separate sparse `output.weight`, the embedding
-/// stays whole, and the model pays for the pruned head in perplexity.
+/// the pruned copy becomes a separate `output.weight` (sparse with `--type
+/// sparse`), the embedding stays whole in the type it had, Wanda's scores
+/// choose other weights than magnitude's, and the model pays for the pruned
+/// head in perplexity.
 #[test]
 fn the_output_matrix_is_pruned_apart_from_a_tied_embedding() {
     let dir = tempfile::tempdir().unwrap();
     let q41 = frugal_fetch::fetch("smollm2-135m").unwrap();
     let m = q41.to_str().unwrap();
-    let sparse = ["--method", "wanda", "--type", "sparse"];
-    let plain = prune_into(dir.path(), m, "plain", &sparse);
-    let mut with_output = sparse.to_vec();
-    with_output.push("--prune-output");
-    let head = prune_into(dir.path(), m, "head", &with_output);
+    let run = |name: &str, extra: &[&str]| {
+        let mut args = extra.to_vec();
+        args.push("--prune-output");
+        prune_into(dir.path(), m, name, &args)
+    };
+    let plain = prune_into(
+        dir.path(),
+        m,
+        "plain",
+        &["--method", "wanda", "--type", "sparse"],
+    );
+    let head = run("head", &["--method", "wanda", "--type", "sparse"]);
+    let mag = run("mag", &["--method", "magnitude", "--type", "sparse"]);
+    let q4k = run("q4k", &["--method", "magnitude", "--type", "Q4_K"]);
+    // Joint SparseGPT + GPTQ, with an output type no method rounds into.
+    let joint = run(
+        "joint",
+        &[
+            "--method",
+            "sparsegpt",
+            "--gptq",
+            "--type",
+            "Q8_0",
+            "--output-type",
+            "F16",
+        ],
+    );
 
     let (p, _) = load_source(&plain).unwrap();
     let (h, _) = load_source(&head).unwrap();
@@ -307,8 +339,9 @@ fn the_output_matrix_is_pruned_apart_from_a_tied_embedding() {
     assert_eq!(out.dims, embd.dims);
     // The embedding's lookups keep every weight: the same bytes as without.
     assert!(embd.bytes() == p.tensor("token_embd.weight").unwrap().bytes());
-    // Every output row keeps at most half its weights, all of them taken
-    // from the embedding's row.
+    // Every output row keeps at most half its weights, each the embedding's
+    // own within one Q8_0 step (Wanda moves no weight; a block whose
+    // largest weight was pruned gets a finer scale).
     let (e, o) = (
         frugal_model::tensor_to_f32(embd).unwrap(),
         frugal_model::tensor_to_f32(out).unwrap(),
@@ -316,16 +349,53 @@ fn the_output_matrix_is_pruned_apart_from_a_tied_embedding() {
     let cols = embd.dims[0];
     for (r, (er, or)) in e.chunks(cols).zip(o.chunks(cols)).enumerate() {
         assert!(zeros(or) >= cols / 2, "row {r}: {} zeros", zeros(or));
-        assert!(
-            er.iter().zip(or).all(|(a, b)| *b == 0.0 || *a != 0.0),
-            "row {r} keeps a weight the embedding does not have"
-        );
+        for (eb, ob) in er.chunks(32).zip(or.chunks(32)) {
+            let step = eb.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+            for (a, b) in eb.iter().zip(ob) {
+                assert!(
+                    *b == 0.0 || (a - b).abs() <= step * 1.01 + 1e-7,
+                    "row {r}: kept {b} for the embedding's {a}"
+                );
+            }
+        }
     }
+    // Wanda scores on the head's real inputs: its choice differs from
+    // magnitude's in most rows.
+    let (mg, _) = load_source(&mag).unwrap();
+    let (wm, mm) = (
+        zero_masks(out),
+        zero_masks(mg.tensor("output.weight").unwrap()),
+    );
+    let differ = wm.iter().zip(&mm).filter(|(a, b)| a != b).count();
+    assert!(
+        differ > wm.len() / 2,
+        "{differ} of {} rows differ",
+        wm.len()
+    );
     // The block matrices are pruned as before.
     for name in ["blk.0.attn_q.weight", "blk.29.ffn_down.weight"] {
         assert!(h.tensor(name).unwrap().bytes() == p.tensor(name).unwrap().bytes());
     }
     assert_eq!(h.metadata.get_bool("frugal.prune.output").ok(), Some(true));
+    // A dense quantized type: the embedding keeps the type a tied output
+    // matrix gets (Q6_K, which falls back to Q8_0 for 576-wide rows), not the
+    // blocks' (Q4_K, falling back to Q5_0); the pruned head takes it too.
+    let (q, _) = load_source(&q4k).unwrap();
+    assert_eq!(q.tensor("blk.0.attn_q.weight").unwrap().ty, GgmlType::Q5_0);
+    assert_eq!(q.tensor("token_embd.weight").unwrap().ty, GgmlType::Q8_0);
+    let qo = q.tensor("output.weight").unwrap();
+    assert_eq!(qo.ty, GgmlType::Q8_0);
+    assert!(zero_masks(qo)
+        .iter()
+        .all(|r| r.iter().filter(|&&z| z).count() >= cols / 2));
+    // With SparseGPT inside GPTQ, an F16 head is pruned all the same.
+    let (j, _) = load_source(&joint).unwrap();
+    let jo = j.tensor("output.weight").unwrap();
+    assert_eq!(jo.ty, GgmlType::F16);
+    assert!(zero_masks(jo)
+        .iter()
+        .all(|r| r.iter().filter(|&&z| z).count() >= cols / 2));
+
     let (pp, ph) = (ppl(&plain, "4"), ppl(&head, "4"));
     eprintln!("ppl: blocks pruned {pp:.2}, output matrix too {ph:.2}");
     assert!(
@@ -379,6 +449,10 @@ fn bad_input_gets_a_clear_error_and_no_file() {
     fails(&with(&["--shrink", "1.5"]), "(0, 1)");
     fails(
         &with(&["--shrink", "0.2", "--prune-output"]),
+        "cannot be used with",
+    );
+    fails(
+        &with(&["--layer-sparsity", "0.5", "--prune-output"]),
         "cannot be used with",
     );
     fails(&with(&["--ffn", "0"]), "(0, 1)");

@@ -1,5 +1,6 @@
 //! The calibration pass must compute what the model computes: with no
-//! matrix replaced, its hidden states match the inference forward pass.
+//! matrix replaced, its hidden states match the inference forward pass, and
+//! the output matrix's input statistics are those of its final-normed states.
 
 use frugal_compress::calib::{Calibration, LayerF32, LayerPass};
 use frugal_model::{load, rms_norm, Logits};
@@ -55,6 +56,9 @@ fn layer_pass_matches_the_forward_pass() {
     }
     let d = m.config.n_embd;
     let mut at = 0;
+    // xᵀx of the forward pass's final-normed hidden states: what the output
+    // matrix's statistics must hold.
+    let mut xtx = vec![0.0f64; d * d];
     for s in &seqs {
         let mut kv = m.new_cache(256).unwrap();
         let mut st = m.new_state(s.len(), true);
@@ -75,6 +79,25 @@ fn layer_pass_matches_the_forward_pass() {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         assert!(max < 1e-3, "hidden states differ by {max}");
+        for h in want.chunks(d) {
+            for i in 0..d {
+                for j in 0..d {
+                    xtx[i * d + j] += h[i] as f64 * h[j] as f64;
+                }
+            }
+        }
         at += s.len();
     }
+    let out = pass.output_stats();
+    assert_eq!((out.cols, out.tokens), (d, n_tok));
+    let scale = xtx.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let worst = xtx
+        .iter()
+        .zip(&out.xtx)
+        .map(|(a, b)| (a - *b as f64).abs())
+        .fold(0.0f64, f64::max);
+    assert!(
+        worst < 1e-3 * scale,
+        "output statistics off by {worst} (largest entry {scale})"
+    );
 }

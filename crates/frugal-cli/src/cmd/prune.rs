@@ -89,10 +89,11 @@ pub struct Args {
     /// vocabulary reads per token (28 % of Qwen2.5-0.5B at Q8_0), so this decodes faster, at a
     /// cost in quality. A model that ties it to the token embedding gets a separate output
     /// matrix: the embedding's lookups keep every weight.
-    #[arg(long, conflicts_with_all = ["shrink", "heads", "ffn", "layers"])]
+    #[arg(long, conflicts_with_all = ["shrink", "heads", "ffn", "layers", "layer_sparsity"])]
     pub prune_output: bool,
-    /// Type of the output matrix (and of the embedding when tied). Default: unchanged for a float
-    /// --type, else Q6_K (Q8_0 for 8-bit types).
+    /// Type of the output matrix (and of the embedding when tied, unless --prune-output unties
+    /// them). Default: unchanged for a float --type, else Q6_K (Q8_0 for 8-bit types); with
+    /// --prune-output --type sparse, the blocks' sparse type.
     #[arg(long)]
     pub output_type: Option<String>,
     /// Calibration text file (for wanda, sparsegpt and --gptq).
@@ -237,24 +238,25 @@ pub fn run(a: Args) -> Result<()> {
         GgmlType::Frugal(FrugalType::SparseQ8 { .. } | FrugalType::Sparse24Q8)
     );
     let source_ty = |name: &str| src.tensor(name).map(|t| t.ty);
+    // The type a whole output matrix gets by default (and a tied
+    // embedding, which --prune-output leaves whole).
+    let whole_output_ty = if ty.is_float() {
+        source_ty("output.weight")
+            .or(source_ty("token_embd.weight"))
+            .unwrap_or(GgmlType::F32)
+    } else {
+        default_output_type(ty)
+    };
     let output_ty = match &a.output_type {
         Some(t) => parse_type(t)?,
-        // A pruned output matrix is stored as sparse as the blocks (for
-        // its one ratio when OWL or a list sets theirs).
-        None if a.prune_output && sparse => match ty {
-            GgmlType::Frugal(FrugalType::SparseQ8 { .. }) => {
-                GgmlType::Frugal(FrugalType::SparseQ8 {
-                    keep: sparse_keep(pattern.ratio()),
-                })
-            }
-            _ => ty,
-        },
-        None if ty.is_float() => source_ty("output.weight")
-            .or(source_ty("token_embd.weight"))
-            .unwrap_or(GgmlType::F32),
-        None => default_output_type(ty),
+        // A pruned output matrix is stored as sparse as the blocks (OWL
+        // sets the blocks' ratios around the pattern's, which it keeps).
+        None if a.prune_output && sparse => ty,
+        None => whole_output_ty,
     };
-    let embd_ty = if ty.is_float() {
+    let embd_ty = if model.weights.tied_output && a.prune_output {
+        whole_output_ty
+    } else if ty.is_float() {
         source_ty("token_embd.weight").unwrap_or(GgmlType::F32)
     } else if sparse {
         GgmlType::Q8_0

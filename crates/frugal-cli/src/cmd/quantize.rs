@@ -530,9 +530,13 @@ pub(crate) fn write_result(
             None => w.add(t)?,
         }
     }
-    // New tensors (a pruned output matrix of a tied model) go last.
+    // A pruned output matrix split from a tied embedding is the one tensor
+    // the source lacks; it goes last.
     for n in &q.tensors {
         if !src.tensors.iter().any(|t| t.name == n.name) {
+            if n.name != "output.weight" {
+                bail!("{}: not a tensor of the source model", n.name);
+            }
             let dims = n.dims.iter().map(|&d| d as u64).collect();
             w.add_tensor(n.name.clone(), n.ty, dims, n.bytes.as_slice())?;
         }

@@ -3,8 +3,9 @@
 //!
 //! The block matrices (Q, K, V, O, gate, up, down) go through the method;
 //! the token embedding and the output matrix are rounded to nearest into
-//! their own (usually higher-precision) type, as llama.cpp does; vectors
-//! (norms, biases) stay f32.
+//! their own (usually higher-precision) type, as llama.cpp does, unless the
+//! output matrix is pruned too ([`Prune::output`]: then it goes through the
+//! method after the blocks); vectors (norms, biases) stay f32.
 //!
 //! With an input scaling ([`Scaling`]: AWQ, SmoothQuant), each site's scales
 //! are chosen just before its matrices are rounded and folded into the
@@ -26,7 +27,8 @@ pub struct QuantizeOptions<'a> {
     pub ty: GgmlType,
     /// Type of the token embedding.
     pub embd_ty: GgmlType,
-    /// Type of the output matrix (of the token embedding when the model ties them).
+    /// Type of the output matrix (of the token embedding when the model ties
+    /// them and [`Prune::output`] does not split them).
     pub output_ty: GgmlType,
     /// Calibration sequences (required by methods that need statistics).
     pub calib: Option<&'a Calibration>,
@@ -36,8 +38,9 @@ pub struct QuantizeOptions<'a> {
     /// Per-input-channel scaling of the block matrices before the method
     /// rounds them (needs calibration).
     pub scaling: Scaling,
-    /// Pruning of the block matrices, before the method rounds them (or by
-    /// the method itself, see [`Prune::by_method`]).
+    /// Pruning of the block matrices (and with [`Prune::output`] the output
+    /// matrix), before the method rounds them (or by the method itself, see
+    /// [`Prune::by_method`]).
     pub prune: Option<Prune>,
 }
 
@@ -210,6 +213,7 @@ impl Run<'_> {
         role: Role,
     ) -> Result<Vec<f32>, String> {
         let (cols, rows) = (dims[0], dims[1..].iter().product::<usize>());
+        let ty = fit_type(want, cols);
         let sparsity = match (self.opts.prune.as_ref(), role) {
             (Some(p), Role::Block(li)) => Some((p, p.of_block(li))),
             (Some(p), Role::Output) => Some((p, p.sparsity)),
@@ -217,7 +221,8 @@ impl Run<'_> {
         };
         let pruned;
         let w = match sparsity {
-            Some((p, sp)) if !p.by_method => {
+            // A float type takes no method, so nothing else would prune.
+            Some((p, sp)) if !p.by_method || ty.is_float() => {
                 pruned = sp
                     .prune(w, rows, cols, stats)
                     .map_err(|e| format!("{name}: {e}"))?;
@@ -225,7 +230,6 @@ impl Run<'_> {
             }
             _ => w,
         };
-        let ty = fit_type(want, cols);
         if ty != want {
             self.notes.push(format!(
                 "{name}: rows of {cols} are not whole {want} blocks; used {ty}"
@@ -348,16 +352,18 @@ pub fn quantize_model(
         None,
         Role::Kept,
     )?;
-    if let (Some(out), false) = (src.tensor("output.weight"), prune_output) {
-        run.matrix(
-            &out.name,
-            &to_f32(out)?,
-            &out.dims,
-            run.opts.output_ty,
-            &rtn,
-            None,
-            Role::Kept,
-        )?;
+    if !prune_output {
+        if let Some(out) = src.tensor("output.weight") {
+            run.matrix(
+                &out.name,
+                &to_f32(out)?,
+                &out.dims,
+                run.opts.output_ty,
+                &rtn,
+                None,
+                Role::Kept,
+            )?;
+        }
     }
     progress(0, n_layer, "layers");
 
