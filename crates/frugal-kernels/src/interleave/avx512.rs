@@ -230,10 +230,11 @@ unsafe fn group_sq8<const T: usize, const TAIL: bool>(
             // The next group's fixed parts (groups lie end to end), one
             // block's per block: the codes' addresses depend on them.
             let nh = end.wrapping_add(b * BLOCK_HEAD);
-            // Its first and last byte: both lines when groups are whole
-            // lines long (keep 32 of 64 and other even counts); else a
-            // fixed part may span three and miss the middle one. A third
-            // prefetch cost 6 % on Qwen's 50 % file (four rounds).
+            // Its first and last byte: every line it touches when a group
+            // is a multiple of 32 bytes long (an even keep, or an even
+            // number of 64-weight blocks per row); else one may span three
+            // lines and miss the middle one. A third prefetch cost 6 % on
+            // Qwen's 50 % file (four rounds).
             _mm_prefetch::<_MM_HINT_T0>(nh.cast());
             _mm_prefetch::<_MM_HINT_T0>(nh.wrapping_add(BLOCK_HEAD - 1).cast());
             let n = |j: usize| {
